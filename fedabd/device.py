@@ -1,0 +1,47 @@
+"""Device selection and speed switches (channels_last, bf16 autocast) with capability detection."""
+from __future__ import annotations
+
+import contextlib
+import random
+
+import numpy as np
+import torch
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU. An explicit name is checked, not trusted."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} requested but CUDA is not available on this machine")
+    return dev
+
+
+def bf16_supported(device: torch.device) -> bool:
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        # bf16 matmuls are fast on CPUs with AVX512-BF16 / AMX; elsewhere they are emulated.
+        try:
+            return bool(torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX"))
+        except Exception:  # pragma: no cover - very old torch
+            return False
+    return False
+
+
+def autocast(device: torch.device, enabled: bool):
+    """bf16 autocast when ``enabled`` (callers pass the resolved switch), else a no-op context."""
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch; return a dedicated torch.Generator for data-level randomness."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    g = torch.Generator()
+    g.manual_seed(seed)
+    return g
