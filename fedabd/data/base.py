@@ -24,6 +24,7 @@ class DatasetInfo:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     default_target: int = 0  # the paper's backdoor target label for this dataset
+    hflip: bool = False  # horizontal flips are a label-preserving augmentation (not for digits/signs)
 
     @property
     def shape(self) -> tuple[int, int, int]:

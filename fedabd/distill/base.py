@@ -1,0 +1,205 @@
+"""The Distiller interface shared by every KD method, its config handling and defence hooks.
+
+A method is one module in ``fedabd/distill/methods/`` that registers a Distiller subclass with
+``@DISTILLERS.register(name)`` and declares a frozen config dataclass whose defaults are the
+CPU-sized preset, plus ``presets = {"cpu": ..., "paper": ...}``.
+
+The run is ``total_iterations`` iterations in the method's own unit (ZSKT: pseudo-batches,
+CMI: epochs, OOD / vanilla: student steps). A defence plugs in through :class:`Defense`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..data import DatasetInfo, ImageSet
+from ..models.ensemble import Ensemble, freeze
+from ..registry import Registry
+
+log = logging.getLogger(__name__)
+
+DISTILLERS: Registry[type["Distiller"]] = Registry("distillation method")
+
+Progress = Callable[[int, int, dict], None]
+EvalFn = Callable[[nn.Module], dict]
+
+
+class Defense:
+    """Plug-in points a defence (ABD) uses; the base class does nothing.
+
+    - ``setup(distiller)``: once, before the first iteration.
+    - ``generator_loss(distiller, x, t_logits)``: added to the generator / inversion loss
+      (ZSKT, CMI); ``x`` in normalised input space, ``t_logits`` the teacher's logits on it.
+    - ``sample_weights(distiller, x, t_logits)``: per-sample weights of the student loss for
+      methods without a generator (OOD); None = uniform.
+    - ``final_phase_fraction``: the fraction of the run at its end that is the defence's final
+      phase (SR); 0 = none. During it the distiller calls ``final_phase_step``.
+    - ``final_phase_step(distiller, x)``: called in the final phase after the KD loss was
+      back-propagated and before the optimiser step; adds its own gradients to the student.
+    - ``state()``: JSON-able decisions to save with the run (e.g. SV's shuffle selection).
+    """
+
+    final_phase_fraction: float = 0.0
+
+    def setup(self, distiller: "Distiller") -> None:  # pragma: no cover - trivial
+        pass
+
+    def generator_loss(self, distiller: "Distiller", x: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor | float:
+        return 0.0
+
+    def sample_weights(self, distiller: "Distiller", x: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor | None:
+        return None
+
+    def enter_final_phase(self, distiller: "Distiller") -> None:
+        pass
+
+    def final_phase_step(self, distiller: "Distiller", x: torch.Tensor) -> dict:
+        return {}
+
+    def state(self) -> dict:
+        return {}
+
+
+def make_config(config_cls: type, presets: dict[str, Any], preset: str = "cpu", overrides: dict | None = None):
+    """A method's config from a named preset plus overrides; unknown keys and wrong types are errors."""
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(presets)}")
+    base = presets[preset]
+    overrides = dict(overrides or {})
+    names = {f.name: f for f in dataclasses.fields(config_cls)}
+    for key, value in overrides.items():
+        if key not in names:
+            raise ValueError(f"unknown setting {key!r} for {config_cls.__name__}; valid: {', '.join(sorted(names))}")
+        expected = type(getattr(base, key))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            overrides[key] = float(value)
+        elif expected is not type(None) and not isinstance(value, expected) and getattr(base, key) is not None:
+            raise ValueError(f"setting {key!r} of {config_cls.__name__} must be {expected.__name__}, got {value!r}")
+    return dataclasses.replace(base, **overrides)
+
+
+@dataclass
+class DistillResult:
+    student: nn.Module
+    history: list[dict] = field(default_factory=list)
+    defense_state: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+class Distiller:
+    """Base class. Subclasses set ``config_cls``/``presets`` and implement ``setup`` and ``iteration``."""
+
+    config_cls: ClassVar[type]
+    presets: ClassVar[dict[str, Any]]
+    unit: ClassVar[str] = "step"
+    needs_real_data: ClassVar[bool] = False
+
+    def __init__(self, teacher: nn.Module | list[nn.Module], student: nn.Module, info: DatasetInfo, cfg,
+                 device: torch.device | str = "cpu", seed: int = 0, defense: Defense | None = None,
+                 real_data: ImageSet | None = None, teacher_weights: list[float] | None = None,
+                 channels_last: bool = False, bf16: bool = False) -> None:
+        self.device = torch.device(device)
+        members = teacher if isinstance(teacher, (list, tuple)) else [teacher]
+        self.teacher = (members[0] if len(members) == 1 and teacher_weights is None else
+                        Ensemble(list(members), teacher_weights))
+        freeze(self.teacher).to(self.device)
+        self.student = student.to(self.device)
+        self.info = info
+        self.cfg = cfg
+        self.seed = seed
+        self.defense = defense or Defense()
+        self.real_data = real_data
+        self.channels_last = channels_last
+        self.bf16 = bf16
+        self.generator = torch.Generator().manual_seed(seed)  # CPU generator for data-level randomness
+        if self.needs_real_data and real_data is None:
+            raise ValueError(f"{type(self).__name__} needs real training data")
+        if channels_last:
+            self.teacher.to(memory_format=torch.channels_last)
+            self.student.to(memory_format=torch.channels_last)
+        self.iteration_index = 0
+        self.in_final_phase = False
+
+    # -- to implement ---------------------------------------------------------------------------
+    @property
+    def total_iterations(self) -> int:
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """Build optimisers / generators (called once by :meth:`run`)."""
+
+    def iteration(self, it: int) -> dict:
+        """One iteration; returns scalar metrics (losses)."""
+        raise NotImplementedError
+
+    # -- shared helpers -------------------------------------------------------------------------
+    def prep(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
+
+    def teacher_logits(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """Teacher (or ensemble-mean) logits; with ``grad`` the input gradient flows (never to weights)."""
+        from ..device import autocast
+        ctx = torch.enable_grad() if grad else torch.no_grad()
+        with ctx, autocast(self.device, self.bf16):
+            return self.teacher(self.prep(x)).float()
+
+    def student_logits(self, x: torch.Tensor, return_features: bool = False):
+        from ..device import autocast
+        with autocast(self.device, self.bf16):
+            out = self.student(self.prep(x), return_features=return_features)
+        if return_features:
+            return out[0].float(), out[1]
+        return out.float()
+
+    @property
+    def final_phase_start(self) -> int:
+        frac = self.defense.final_phase_fraction
+        if frac <= 0:
+            return self.total_iterations
+        return max(0, self.total_iterations - max(1, math.ceil(frac * self.total_iterations)))
+
+    def on_final_phase(self) -> None:
+        """Called once when the defence's final phase starts (methods reset their student LR here)."""
+
+    def run(self, progress: Progress | None = None, evaluate: EvalFn | None = None,
+            eval_every: int = 0) -> DistillResult:
+        torch.manual_seed(self.seed)
+        t0 = time.perf_counter()
+        self.setup()
+        self.defense.setup(self)
+        total = self.total_iterations
+        history: list[dict] = []
+        for it in range(total):
+            self.iteration_index = it
+            if not self.in_final_phase and it >= self.final_phase_start:
+                self.in_final_phase = True
+                self.on_final_phase()
+                self.defense.enter_final_phase(self)
+            self.student.train()
+            metrics = self.iteration(it)
+            last = it == total - 1
+            row = {"iteration": it + 1, "phase": "final" if self.in_final_phase else "main", **metrics}
+            if evaluate is not None and (last or (eval_every and (it + 1) % eval_every == 0)):
+                self.student.eval()
+                row.update(evaluate(self.student))
+                row["seconds"] = time.perf_counter() - t0
+                history.append(row)
+            if progress is not None:
+                progress(it + 1, total, row)
+        self.student.eval()
+        return DistillResult(self.student, history, self.defense.state(), time.perf_counter() - t0)
+
+
+def create_distiller(method: str, teacher, student: nn.Module, info: DatasetInfo, preset: str = "cpu",
+                     overrides: dict | None = None, **kwargs) -> Distiller:
+    cls = DISTILLERS.get(method)
+    cfg = make_config(cls.config_cls, cls.presets, preset, overrides)
+    return cls(teacher, student, info, cfg, **kwargs)

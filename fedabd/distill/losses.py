@@ -1,0 +1,48 @@
+"""Distillation losses. Each docstring carries its formula; tests check them on known values."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def kl_div(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float = 1.0,
+           reduction: str = "batchmean") -> torch.Tensor:
+    """KL_tau(T || S) = sum_c p_T log(p_T / p_S), p = softmax(logits / tau).
+
+    ``reduction``: "batchmean" (mean over samples) or "none" (per-sample, shape ``(B,)``).
+    Computed in float32 whatever the autocast dtype.
+    """
+    t = F.log_softmax(teacher_logits.float() / tau, dim=1)
+    s = F.log_softmax(student_logits.float() / tau, dim=1)
+    per = (t.exp() * (t - s)).sum(1)
+    if reduction == "none":
+        return per
+    if reduction == "batchmean":
+        return per.mean()
+    raise ValueError(f"unknown reduction {reduction!r}")
+
+
+def kd_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float) -> torch.Tensor:
+    """Hinton KD term: tau^2 * KL_tau(T || S) (the tau^2 keeps gradient magnitudes comparable across tau)."""
+    return tau * tau * kl_div(teacher_logits, student_logits, tau)
+
+
+def hinton_loss(teacher_logits: torch.Tensor, student_logits: torch.Tensor, labels: torch.Tensor,
+                alpha: float = 0.95, tau: float = 6.0) -> torch.Tensor:
+    """Vanilla KD: alpha * tau^2 * KL_tau(T || S) + (1 - alpha) * CE(S, y) (Hinton et al. 2015)."""
+    return alpha * kd_loss(teacher_logits, student_logits, tau) + (1 - alpha) * F.cross_entropy(student_logits.float(), labels)
+
+
+def attention_map(features: torch.Tensor) -> torch.Tensor:
+    """a(f) = L2-normalise( mean_c f^2 ) flattened over space: ``(B, C, H, W) -> (B, H*W)``
+    (Zagoruyko & Komodakis 2017, as used by ZSKT)."""
+    return F.normalize(features.float().pow(2).mean(1).flatten(1), dim=1)
+
+
+def attention_loss(student_feats: list[torch.Tensor], teacher_attn: list[torch.Tensor]) -> torch.Tensor:
+    """sum_l mean_b || a(S_l) - a_T,l ||^2 where ``teacher_attn`` are precomputed teacher attention maps
+    (for an ensemble, the mean of the members' attention maps)."""
+    total = student_feats[0].new_zeros((), dtype=torch.float32)
+    for fs, at in zip(student_feats, teacher_attn):
+        total = total + (attention_map(fs) - at).pow(2).mean()
+    return total
