@@ -38,8 +38,9 @@ class Defense:
     - ``setup(distiller)``: once, before the first iteration.
     - ``generator_loss(distiller, x, t_logits)``: added to the generator / inversion loss
       (ZSKT, CMI); ``x`` in normalised input space, ``t_logits`` the teacher's logits on it.
-    - ``sample_weights(distiller, x, t_logits)``: per-sample weights of the student loss for
-      methods without a generator (OOD); None = uniform.
+    - ``sample_weights(distiller, x, t_logits)``: per-sample weights ``w`` of the student loss for
+      methods without a generator (OOD): the loss becomes ``mean(w * per_sample_loss)``;
+      None = uniform (plain mean).
     - ``final_phase_fraction``: the fraction of the run at its end that is the defence's final
       phase (SR); 0 = none. During it the distiller calls ``final_phase_step``.
     - ``final_phase_step(distiller, x)``: called in the final phase after the KD loss was
