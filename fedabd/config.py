@@ -1,0 +1,215 @@
+"""Scenario configuration: one frozen dataclass, loaded from YAML (safe_load) and CLI overrides.
+
+Unknown keys, wrong types and impossible values are :class:`ConfigError` naming the key and the
+file, raised before any work starts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+
+AGGREGATORS = ("distill", "fedavg", "multikrum", "fedmedian", "fedtrimmedavg")
+ABD_PARTS = ("none", "sv", "sr", "sv+sr")
+
+
+class ConfigError(ValueError):
+    """A bad setting; the message names the key and where it came from."""
+
+
+@dataclass(frozen=True)
+class ScenarioConfig:
+    """Every setting of a federated scenario. Defaults: the embedded quickstart on the CPU."""
+
+    name: str = "default"
+    description: str = ""
+    # data
+    dataset: str = "mnist_subset"
+    data_dir: Optional[str] = None
+    partition: Literal["iid", "dirichlet", "pathological"] = "iid"
+    alpha: float = 0.5
+    classes_per_client: int = 2
+    # federation
+    clients: int = 5
+    rounds: int = 3
+    fraction: float = 1.0
+    min_clients: int = 1
+    local_epochs: int = 1
+    local_lr: float = 0.05
+    local_batch_size: int = 64
+    client_arch: str = "lenet5"
+    client_archs: Optional[list] = None  # heterogeneous: one architecture per client (overrides client_arch)
+    pretrain_epochs: int = 0  # edge-cloud one-shot: clients train this many epochs before their first upload
+    # attack
+    malicious: int = 0
+    malicious_ids: Optional[list] = None
+    malicious_mode: Literal["fixed", "random"] = "fixed"
+    attack: str = "badnet_grid"
+    target: Optional[int] = None
+    poison_rate: float = 0.5  # fraction of a malicious client's own data that is poisoned
+    attack_start_round: int = 1
+    scale: float = 1.0  # model-replacement boost of a malicious update (1 = none)
+    # server
+    aggregator: Literal["distill", "fedavg", "multikrum", "fedmedian", "fedtrimmedavg"] = "distill"
+    kd: Literal["zskt", "cmi", "ood"] = "cmi"
+    kd_preset: str = "cpu"
+    kd_overrides: dict = field(default_factory=dict)
+    abd: Literal["none", "sv", "sr", "sv+sr"] = "none"
+    sv: dict = field(default_factory=dict)
+    sr: dict = field(default_factory=dict)
+    student: str = "lenet5"
+    weight_by_samples: bool = True
+    krum_byzantine: Optional[int] = None  # MultiKrum's f (default: the number of malicious clients)
+    trim_beta: float = 0.2
+    # validation of uploads
+    max_weight_abs: float = 1e4
+    # run
+    seed: int = 0
+    device: str = "auto"
+    out: str = "runs/simulate"
+    client_timeout: float = 600.0
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(ScenarioConfig)}
+_HINTS = typing.get_type_hints(ScenarioConfig)
+
+
+def _check_type(key: str, value: Any, where: str) -> Any:
+    hint = _HINTS[key]
+    origin = typing.get_origin(hint)
+    allowed: tuple = (hint,)
+    if origin is typing.Union or origin is types.UnionType:
+        allowed = typing.get_args(hint)
+    for typ in allowed:
+        if typ is type(None) and value is None:
+            return value
+        if typing.get_origin(typ) is Literal:
+            if value in typing.get_args(typ):
+                return value
+            raise ConfigError(f"{where}: {key} must be one of {', '.join(map(str, typing.get_args(typ)))}, got {value!r}")
+        base = typing.get_origin(typ) or typ
+        if base is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        if base in (int, float) and isinstance(value, bool):
+            continue
+        if isinstance(base, type) and isinstance(value, base):
+            return value
+    names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+    raise ConfigError(f"{where}: {key} must be {names}, got {value!r} ({type(value).__name__})")
+
+
+def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
+    """Cross-field checks and registry names. Returns ``cfg`` unchanged when valid."""
+    from .attacks import ATTACKS
+    from .data import DATASETS
+    from .distill import DISTILLERS
+    from .models import MODELS
+
+    def bad(key: str, msg: str) -> ConfigError:
+        return ConfigError(f"{where}: {key}: {msg}")
+
+    if cfg.clients < 1:
+        raise bad("clients", f"must be >= 1, got {cfg.clients}")
+    if cfg.rounds < 1:
+        raise bad("rounds", f"must be >= 1, got {cfg.rounds}")
+    if not 0 < cfg.fraction <= 1:
+        raise bad("fraction", f"must be in (0, 1], got {cfg.fraction}")
+    if not 1 <= cfg.min_clients <= cfg.clients:
+        raise bad("min_clients", f"must be between 1 and clients ({cfg.clients}), got {cfg.min_clients}")
+    if cfg.malicious < 0 or cfg.malicious > cfg.clients:
+        raise bad("malicious", f"must be between 0 and clients ({cfg.clients}), got {cfg.malicious}")
+    if cfg.malicious_ids is not None:
+        ids = cfg.malicious_ids
+        if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < cfg.clients for i in ids) or len(set(ids)) != len(ids):
+            raise bad("malicious_ids", f"must be distinct client ids in 0..{cfg.clients - 1}, got {ids}")
+    if cfg.alpha <= 0:
+        raise bad("alpha", f"must be > 0, got {cfg.alpha}")
+    if cfg.classes_per_client < 1:
+        raise bad("classes_per_client", f"must be >= 1, got {cfg.classes_per_client}")
+    for key in ("local_epochs", "local_batch_size"):
+        if getattr(cfg, key) < 1:
+            raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
+    for key in ("pretrain_epochs", "attack_start_round"):
+        if getattr(cfg, key) < 0:
+            raise bad(key, f"must be >= 0, got {getattr(cfg, key)}")
+    if not 0 < cfg.poison_rate <= 1:
+        raise bad("poison_rate", f"must be in (0, 1], got {cfg.poison_rate}")
+    if cfg.local_lr <= 0 or cfg.scale <= 0 or cfg.max_weight_abs <= 0 or cfg.client_timeout <= 0:
+        raise bad("local_lr/scale/max_weight_abs/client_timeout", "must be > 0")
+    if not 0 <= cfg.trim_beta < 0.5:
+        raise bad("trim_beta", f"must be in [0, 0.5), got {cfg.trim_beta}")
+    if cfg.dataset not in DATASETS:
+        raise bad("dataset", f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS.names())}")
+    if cfg.attack not in ATTACKS:
+        raise bad("attack", f"unknown attack {cfg.attack!r}; choose one of: {', '.join(ATTACKS.names())}")
+    if cfg.kd not in DISTILLERS:
+        raise bad("kd", f"unknown method {cfg.kd!r}; choose one of: {', '.join(DISTILLERS.names())}")
+    for key in ("student", "client_arch"):
+        if getattr(cfg, key) not in MODELS:
+            raise bad(key, f"unknown model {getattr(cfg, key)!r}; choose one of: {', '.join(MODELS.names())}")
+    if cfg.client_archs is not None:
+        if len(cfg.client_archs) != cfg.clients:
+            raise bad("client_archs", f"needs one architecture per client ({cfg.clients}), got {len(cfg.client_archs)}")
+        unknown = [a for a in cfg.client_archs if a not in MODELS]
+        if unknown:
+            raise bad("client_archs", f"unknown model(s) {unknown}; choose from: {', '.join(MODELS.names())}")
+        if cfg.aggregator != "distill" and len(set(cfg.client_archs)) > 1:
+            raise bad("aggregator", f"{cfg.aggregator} averages weights and needs one client architecture; "
+                                    "heterogeneous clients need aggregator: distill")
+    if cfg.target is not None:
+        from .data import dataset_info
+        if not 0 <= cfg.target < dataset_info(cfg.dataset).num_classes:
+            raise bad("target", f"not a class of {cfg.dataset}")
+    if cfg.abd != "none" and cfg.aggregator != "distill":
+        raise bad("abd", "ABD protects distillation; it needs aggregator: distill")
+    return cfg
+
+
+def build(values: dict, where: str) -> ScenarioConfig:
+    unknown = sorted(set(values) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(FIELDS)}")
+    clean = {k: _check_type(k, v, where) for k, v in values.items()}
+    try:
+        cfg = ScenarioConfig(**clean)
+    except TypeError as e:  # pragma: no cover - guarded above
+        raise ConfigError(f"{where}: {e}") from None
+    return validate(cfg, where)
+
+
+def read_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: scenario file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: malformed YAML: {e}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a scenario must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def load_scenario(path: str | Path | None = None, overrides: dict | None = None) -> ScenarioConfig:
+    """Defaults <- YAML file <- CLI overrides (only keys whose value is not None)."""
+    values: dict = {}
+    where = "defaults"
+    if path is not None:
+        values.update(read_yaml(path))
+        where = str(path)
+        build(values, where)  # errors in the file name the file
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(overrides)
+    if overrides:
+        where = f"{path} + command-line flags" if path is not None else "command-line flags"
+    return build(values, where)

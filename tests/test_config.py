@@ -1,0 +1,70 @@
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedabd.config import FIELDS, ConfigError, ScenarioConfig, load_scenario
+
+
+def write(tmp_path, data, name="s.yaml"):
+    p = tmp_path / name
+    p.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return p
+
+
+def test_defaults_are_valid_and_flags_override_file(tmp_path):
+    p = write(tmp_path, {"clients": 6, "malicious": 1, "kd": "zskt"})
+    cfg = load_scenario(p, {"malicious": 2, "rounds": None})
+    assert (cfg.clients, cfg.malicious, cfg.kd, cfg.rounds) == (6, 2, "zskt", ScenarioConfig().rounds)
+
+
+@pytest.mark.parametrize("data, needle", [
+    ({"clinets": 3}, "unknown key(s) clinets"),
+    ({"clients": "five"}, "clients must be int"),
+    ({"clients": True}, "clients must be int"),
+    ({"clients": 2, "malicious": 3}, "malicious: must be between 0 and clients"),
+    ({"alpha": 0}, "alpha: must be > 0"),
+    ({"attack": "nope"}, "unknown attack 'nope'"),
+    ({"kd": "nope"}, "kd must be one of"),
+    ({"student": "nope"}, "unknown model 'nope'"),
+    ({"fraction": 0}, "fraction: must be in (0, 1]"),
+    ({"malicious_ids": [0, 0]}, "malicious_ids"),
+    ({"client_archs": ["lenet5"]}, "one architecture per client"),
+    ({"aggregator": "fedavg", "abd": "sv+sr"}, "needs aggregator: distill"),
+    ("clients: [1, 2\n", "malformed YAML"),
+    ("- a\n- b\n", "must be a mapping"),
+])
+def test_bad_files_name_the_key_and_the_file(tmp_path, data, needle):
+    p = write(tmp_path, data)
+    with pytest.raises(ConfigError) as e:
+        load_scenario(p)
+    assert needle in str(e.value)
+    assert str(p) in str(e.value)
+
+
+def test_bad_flag_is_reported_as_command_line():
+    with pytest.raises(ConfigError, match="command-line flags: malicious"):
+        load_scenario(None, {"malicious": 99})
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_scenario("/nonexistent/x.yaml")
+
+
+_values = st.one_of(st.none(), st.booleans(), st.integers(-5, 50), st.floats(allow_nan=True), st.text(max_size=8),
+                    st.lists(st.integers(-2, 8), max_size=4), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(FIELDS) + ["bogus_key"]), _values, max_size=4))
+def test_loader_either_accepts_or_raises_config_error(tmp_path_factory, data):
+    p = tmp_path_factory.mktemp("cfg") / "s.yaml"
+    p.write_text(yaml.safe_dump(data))
+    try:
+        cfg = load_scenario(p)
+    except ConfigError as e:
+        assert str(p) in str(e)
+    else:
+        assert isinstance(cfg, ScenarioConfig)
+        assert 0 <= cfg.malicious <= cfg.clients and cfg.alpha > 0
