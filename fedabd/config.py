@@ -44,7 +44,6 @@ class ScenarioConfig:
     local_batch_size: int = 64
     client_arch: str = "lenet5"
     client_archs: Optional[list] = None  # heterogeneous: one architecture per client (overrides client_arch)
-    pretrain_epochs: int = 0  # edge-cloud one-shot: clients train this many epochs before their first upload
     # attack
     malicious: int = 0
     malicious_ids: Optional[list] = None
@@ -137,7 +136,7 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     for key in ("local_epochs", "local_batch_size"):
         if getattr(cfg, key) < 1:
             raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
-    for key in ("pretrain_epochs", "attack_start_round"):
+    for key in ("attack_start_round",):
         if getattr(cfg, key) < 0:
             raise bad(key, f"must be >= 0, got {getattr(cfg, key)}")
     if not 0 < cfg.poison_rate <= 1:
@@ -213,3 +212,12 @@ def load_scenario(path: str | Path | None = None, overrides: dict | None = None)
     if overrides:
         where = f"{path} + command-line flags" if path is not None else "command-line flags"
     return build(values, where)
+
+
+def scenario_from_run_config(run_config) -> ScenarioConfig:
+    """A scenario from a Flower run config (``flwr run``'s ``[tool.flwr.app.config]`` and
+    ``--run-config``): ``scenario`` names a YAML file (relative paths: the current folder); every
+    other key is a scenario key, dashes allowed for underscores."""
+    values = {str(k).replace("-", "_"): v for k, v in dict(run_config).items()}
+    path = values.pop("scenario", None) or None
+    return load_scenario(path, values)

@@ -1,0 +1,1 @@
+"""Flower ClientApp of fedabd (installed as ``fedabd.clients``)."""

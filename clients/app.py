@@ -1,0 +1,50 @@
+"""The Flower ClientApp: translate a train message into :func:`fedabd.federated.local_update`.
+
+Per-node settings: ``partition-id`` (required), optional ``malicious`` (true/false) overriding the
+scenario's selection (Deployment Engine: ``flower-supernode --node-config "partition-id=1 malicious=true"``).
+"""
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedabd import federated as fed
+from fedabd.config import ScenarioConfig, scenario_from_run_config
+
+
+
+
+def _truthy(v) -> bool:
+    return v is True or str(v).lower() in ("1", "true", "yes")
+
+
+def make_client_app(cfg: ScenarioConfig | None = None, threads: int = 1) -> ClientApp:
+    """A ClientApp bound to ``cfg``; with None the scenario comes from the run config (``flwr run``)."""
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        torch.set_num_threads(threads)
+        scfg = cfg or scenario_from_run_config(context.run_config)
+        pid = int(context.node_config["partition-id"])
+        rnd = int(msg.content["config"]["server-round"])
+        node_flag = context.node_config.get("malicious")
+        malicious = _truthy(node_flag) if node_flag is not None else pid in fed.malicious_clients(scfg, rnd)
+        arch = fed.client_arch(scfg, pid)
+        global_arch = scfg.student if scfg.aggregator == "distill" else scfg.client_arch
+        if arch == global_arch:
+            start = msg.content["arrays"].to_torch_state_dict()
+        else:  # heterogeneous client: continue from its own model, kept on the node
+            start = context.state["local"].to_torch_state_dict() if "local" in context.state else None
+        res = fed.local_update(scfg, pid, rnd, start, malicious)
+        if arch != global_arch:
+            context.state["local"] = ArrayRecord(res.state)
+        metrics = MetricRecord({"num-examples": res.num_examples, "partition-id": pid, **res.metrics})
+        return Message(content=RecordDict({"arrays": ArrayRecord(res.state), "metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+# Entry point for `flwr run .` and the Deployment Engine (pyproject [tool.flwr.app.components]).
+app = make_client_app()

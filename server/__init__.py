@@ -1,0 +1,1 @@
+"""Flower ServerApp of fedabd (installed as ``fedabd.server``)."""
