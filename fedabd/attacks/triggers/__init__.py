@@ -1,0 +1,1 @@
+"""One module per trigger family; each registers its factories on import (see ``fedabd.attacks``)."""
