@@ -27,7 +27,7 @@ def train_teacher(dataset: str, arch: str, attack_name: str | None, *, seed: int
                   target: int | None = None, cfg: TrainConfig = TrainConfig(), device: torch.device | str = "cpu",
                   data_dir: str | Path | None = None, download: bool = False, out: str | Path | None = None,
                   progress: Progress | None = None, train: ImageSet | None = None,
-                  test: ImageSet | None = None) -> TeacherResult:
+                  test: ImageSet | None = None, attack_params: dict | None = None) -> TeacherResult:
     """Train ``arch`` on ``dataset`` (poisoned by ``attack_name`` unless None/"clean"); save to ``out``."""
     device = torch.device(device)
     train = train if train is not None else load_dataset(dataset, "train", data_dir, download)
@@ -36,7 +36,7 @@ def train_teacher(dataset: str, arch: str, attack_name: str | None, *, seed: int
     attack = None
     n_poisoned = 0
     if attack_name not in (None, "clean"):
-        attack = create_attack(attack_name, train.info, target=target, rate=rate, seed=seed)
+        attack = create_attack(attack_name, train.info, target=target, rate=rate, seed=seed, **(attack_params or {}))
         poisoned = poison_dataset(attack, train, seed=seed)
         train, n_poisoned = poisoned.dataset, len(poisoned.poisoned_index)
     model = create_model(arch, num_classes=train.info.num_classes, in_channels=train.info.channels,

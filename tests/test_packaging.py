@@ -10,9 +10,10 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_pyproject_lists_every_package():
     conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "fedabd").rglob("__init__.py")}
-    found |= {"fedabd.clients", "fedabd.server"}
+    found |= {"fedabd.clients", "fedabd.server", "fedabd.scenarios"}
     assert set(conf["packages"]) == found
-    assert conf["package-dir"] == {"fedabd.clients": "clients", "fedabd.server": "server"}
+    assert conf["package-dir"] == {"fedabd.clients": "clients", "fedabd.server": "server",
+                                   "fedabd.scenarios": "scenarios"}
 
 
 def test_apps_import_under_the_fedabd_namespace():
