@@ -269,7 +269,7 @@ def simulate_cmd(
 ) -> None:
     """Federated simulation (Flower) with malicious clients; Acc/ASR every round."""
     from .config import ConfigError, load_scenario
-    from .scenarios import resolve_scenario
+    from .scenario_files import resolve_scenario
 
     flags = dict(clients=clients, malicious=malicious, rounds=rounds, fraction=fraction, partition=partition,
                  alpha=alpha, local_epochs=local_epochs, attack=attack, poison_rate=poison_rate,
@@ -332,7 +332,7 @@ app.add_typer(scenarios_app, name="scenarios")
 def scenarios_list() -> None:
     """The shipped scenarios with their one-line descriptions."""
     from .config import read_yaml
-    from .scenarios import list_scenarios
+    from .scenario_files import list_scenarios
 
     table = Table("name", "description", "file")
     for name, path in list_scenarios().items():
@@ -344,7 +344,7 @@ def scenarios_list() -> None:
 def scenarios_show(name: Annotated[str, typer.Argument(help="Shipped scenario name or YAML path.")]) -> None:
     """Print a scenario file and its fully resolved settings."""
     from .config import load_scenario
-    from .scenarios import resolve_scenario
+    from .scenario_files import resolve_scenario
 
     with user_errors():
         path = resolve_scenario(name)
@@ -360,7 +360,7 @@ def scenarios_show(name: Annotated[str, typer.Argument(help="Shipped scenario na
 def scenarios_validate(paths: Annotated[Optional[list[str]], typer.Argument(help="Files or names (default: all shipped).")] = None) -> None:
     """Check scenario files; exit code 2 if any is invalid."""
     from .config import load_scenario
-    from .scenarios import list_scenarios, resolve_scenario
+    from .scenario_files import list_scenarios, resolve_scenario
 
     bad = 0
     for item in paths or list(list_scenarios()):
