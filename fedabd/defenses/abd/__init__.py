@@ -1,0 +1,6 @@
+"""ABD (Anti-Backdoor data-free KD): Shuffling Vaccine (SV) and Self-Retrospection (SR)."""
+from .sv import (SVConfig, ShufflingVaccine, build_shuffled_teacher, detector_report, ood_weights,
+                 shuffle_layers, shuffled_copy, suspicious_mask_and_divergence, sv_loss, tail_fraction)
+
+__all__ = ["SVConfig", "ShufflingVaccine", "build_shuffled_teacher", "detector_report", "ood_weights",
+           "shuffle_layers", "shuffled_copy", "suspicious_mask_and_divergence", "sv_loss", "tail_fraction"]

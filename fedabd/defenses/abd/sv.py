@@ -1,0 +1,370 @@
+"""Shuffling Vaccine (SV), the distillation-time half of ABD (spec section 3.1).
+
+A shuffled teacher T~ is built from k deep copies of the teacher (of every member, for an ensemble
+teacher); in each copy the INPUT channels of a few late layers are permuted, with an independent
+random permutation per layer and per copy. Clean-class evidence is spread over channels and
+collapses under the shuffle; a backdoor shortcut survives it. Per sample::
+
+    m_i = 1[argmax T~(x_i) = argmax T(x_i)]                 (suspicious: the shuffle did not matter)
+    r_i = (1/C) KL(softmax(T(x_i)) || softmax(T~(x_i)))
+    L_SV = -lam * sum_i m_i r_i / sum_i m_i                 (0 when no sample is suspicious)
+
+Generator methods (ZSKT, CMI) add ``L_SV`` to the generator / inversion loss; methods without a
+generator (OOD) re-weight the student loss: ``mean_{m=0} l_i - lam * mean_{m=1} l_i``.
+
+Which layers are shuffled (:func:`shuffle_layers`)
+--------------------------------------------------
+The last ``n`` convolutions in forward (registration) order, excluding the stem (the first
+layer, whose input is the image). When the model has fewer than ``n`` such convolutions, the list
+continues with the Linear layers that follow the last convolution (the model's last stage), in
+forward order, never including the final classifier layer (the last Linear). So:
+
+- WRN-16-2 (n=5): the 5 convolutions of the last group (block3: conv1, conv2, conv_shortcut of
+  its first block; conv1, conv2 of its second block) -- "all of the last stage" of the paper.
+- LeNet-5 (n=5): conv2, fc1, fc2 (only 3 layers exist under the rule). This is the choice that
+  separated triggered from clean images in the MNIST calibration; shuffling fc3 (the classifier's
+  input) destroyed the signal.
+
+A Linear layer that consumes a flattened convolutional feature map (LeNet's fc1: in_features =
+C*h*w, C the out_channels of the preceding convolution) is shuffled by permuting whole channel
+groups (the C blocks of h*w inputs move together), i.e. the same operation as shuffling the input
+channels of a convolution; any other Linear gets its in_features permuted.
+
+Every random choice comes from a ``torch.Generator`` seeded from the run's seed. The teacher and
+the copies are frozen (no parameter gradients); the input gradient flows through T~ to the
+generator. Shuffle selection (accept / re-draw / switch off) is logged and kept in :meth:`state`.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.conv import _ConvNd
+
+from ...distill.base import Defense
+from ...models.ensemble import Ensemble, freeze
+
+log = logging.getLogger(__name__)
+
+LOG_FLOOR = 1e-12  # r_i is clamped to this before log10 in shuffle selection (r can round to 0)
+SEED_OFFSET = 0x5F17  # the SV generator is seeded with run seed + this (independent of other streams)
+
+
+@dataclass(frozen=True)
+class SVConfig:
+    k: int = 3                     # shuffled copies per teacher (member)
+    n: int = 5                     # layers whose input channels are shuffled (see shuffle_layers)
+    lam: float = 0.1               # weight of L_SV / of the suspicious part of the OOD loss
+    select: bool = True            # shuffle selection (spec 3.1); False = use the first draw
+    tail_ratio: float = 0.02       # a draw is good if > tail_ratio of samples lie in the low tail
+    tail_std: float = 3.0          # low tail: s_i < mean(s) - tail_std * std(s), s = log10 r
+    max_redraws: int = 8           # re-draws after the first draw (1 + max_redraws draws in all)
+    selection_samples: int = 256   # samples of the first batch cached for the selection
+
+    def __post_init__(self) -> None:
+        if self.k < 1 or self.n < 1:
+            raise ValueError(f"SV needs k >= 1 and n >= 1, got k={self.k}, n={self.n}")
+        if self.max_redraws < 0 or self.selection_samples < 2:
+            raise ValueError("SV needs max_redraws >= 0 and selection_samples >= 2")
+
+
+# -- which layers, and how to shuffle them -----------------------------------------------------------
+
+def _layers_in_order(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(name, m) for name, m in model.named_modules() if isinstance(m, (_ConvNd, nn.Linear))]
+
+
+def shuffle_layers(model: nn.Module, n: int) -> list[str]:
+    """Names of the layers whose input channels SV permutes (rule: module docstring).
+
+    The last ``n`` convolutions excluding the stem; if fewer exist, continued with the Linear
+    layers after the last convolution (forward order), never the final classifier.
+    """
+    if isinstance(model, Ensemble):
+        model = model.members[0]
+    layers = _layers_in_order(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no convolution or Linear layer to shuffle")
+    body = layers[1:]  # drop the stem: the first layer, whose input is the image
+    convs = [name for name, m in body if isinstance(m, _ConvNd)]
+    chosen = convs[-n:] if n > 0 else []
+    if len(chosen) < n:
+        last_conv = max((i for i, (_, m) in enumerate(layers) if isinstance(m, _ConvNd)), default=0)
+        linears = [name for i, (name, m) in enumerate(layers)
+                   if isinstance(m, nn.Linear) and i > last_conv and i > 0]
+        last_linear = [name for name, m in layers if isinstance(m, nn.Linear)][-1:]
+        linears = [name for name in linears if name not in last_linear]  # never the classifier
+        chosen += linears[: n - len(chosen)]
+    if not chosen:
+        raise ValueError(f"{type(model).__name__}: no layer to shuffle under the SV rule")
+    return chosen
+
+
+def _channel_groups(model: nn.Module, name: str) -> int | None:
+    """For a Linear right after the last-but-not-yet-flattened convolution: its number of channel groups.
+
+    Returns C when ``name`` is the first Linear after a convolution with C output channels and its
+    in_features is a multiple C*h*w with h*w > 1 (a flattened C x h x w map), else None.
+    """
+    layers = _layers_in_order(model)
+    names = [nm for nm, _ in layers]
+    i = names.index(name)
+    if i == 0 or not isinstance(layers[i][1], nn.Linear):
+        return None
+    prev = layers[i - 1][1]
+    if not isinstance(prev, _ConvNd):
+        return None
+    c, fin = prev.out_channels, layers[i][1].in_features
+    if fin % c == 0 and fin // c > 1:
+        return c
+    return None
+
+
+@torch.no_grad()
+def shuffled_copy(model: nn.Module, layers: list[str], generator: torch.Generator) -> nn.Module:
+    """A frozen deep copy of ``model`` with the input channels of ``layers`` randomly permuted.
+
+    Convolution: the weight's dim 1 is permuted. Linear consuming a flattened C x h x w map: the
+    C groups of h*w inputs are permuted as blocks. Other Linear: in_features permuted. One
+    independent permutation per layer, drawn (on the CPU) from ``generator``. Biases and all other
+    parameters are untouched; so is ``model``.
+    """
+    out = freeze(copy.deepcopy(model))
+    modules = dict(out.named_modules())
+    for name in layers:
+        m = modules[name]
+        w = m.weight
+        if isinstance(m, _ConvNd):
+            perm = torch.randperm(w.shape[1], generator=generator).to(w.device)
+            w.copy_(w[:, perm].clone())
+        elif isinstance(m, nn.Linear):
+            groups = _channel_groups(out, name)
+            if groups is None:
+                perm = torch.randperm(w.shape[1], generator=generator).to(w.device)
+                w.copy_(w[:, perm].clone())
+            else:
+                perm = torch.randperm(groups, generator=generator).to(w.device)
+                blocks = w.reshape(w.shape[0], groups, -1)
+                w.copy_(blocks[:, perm].reshape_as(w).clone())
+        else:
+            raise TypeError(f"layer {name!r} is a {type(m).__name__}, not a convolution or Linear")
+    return out
+
+
+def build_shuffled_teacher(teacher: nn.Module, k: int, n: int, generator: torch.Generator) -> tuple[Ensemble, list[str]]:
+    """T~: k shuffled copies of the teacher (of every member of an Ensemble teacher).
+
+    T~(x) is the mean of all copies' logits; for a weighted ensemble teacher each member's copies
+    share its weight (w_member / k each), which is the plain mean for uniform weights. Same-arch
+    copies run as one batched call (:class:`Ensemble`).
+    """
+    if isinstance(teacher, Ensemble):
+        members = list(teacher.members)
+        weights = [float(w) for w in teacher.weights]
+    else:
+        members, weights = [teacher], [1.0]
+    layers = shuffle_layers(members[0], n)
+    copies, cw = [], []
+    for member, wm in zip(members, weights):
+        names = shuffle_layers(member, n)
+        for _ in range(k):
+            copies.append(shuffled_copy(member, names, generator))
+            cw.append(wm / k)
+    return Ensemble(copies, cw), layers
+
+
+# -- the per-sample quantities and the losses -----------------------------------------------------------
+
+def suspicious_mask_and_divergence(t_logits: torch.Tensor, shuffled_logits: torch.Tensor
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``m`` (bool, no gradient): argmax agreement; ``r`` = KL(softmax(T) || softmax(T~)) / C per sample.
+
+    ``r`` is differentiable with respect to both logits.
+    """
+    m = (t_logits.detach().argmax(1) == shuffled_logits.detach().argmax(1))
+    log_p = F.log_softmax(t_logits.float(), dim=1)
+    log_q = F.log_softmax(shuffled_logits.float(), dim=1)
+    r = (log_p.exp() * (log_p - log_q)).sum(1) / t_logits.shape[1]
+    return m, r
+
+
+def sv_loss(mask: torch.Tensor, r: torch.Tensor, lam: float) -> torch.Tensor:
+    """``-lam * sum(m r) / sum(m)``; 0 (still a graph-connected tensor) when no sample is suspicious."""
+    mf = mask.to(r.dtype)
+    return -lam * (mf * r).sum() / mf.sum().clamp_min(1.0)
+
+
+def ood_weights(mask: torch.Tensor, lam: float) -> torch.Tensor:
+    """Weights ``w`` with ``mean(w * l) = mean_{m=0} l - lam * mean_{m=1} l`` (an empty group adds 0)."""
+    m = mask.bool()
+    b = m.numel()
+    n1 = int(m.sum())
+    n0 = b - n1
+    w = torch.zeros(b, dtype=torch.float32, device=m.device)
+    if n0:
+        w[~m] = b / n0
+    if n1:
+        w[m] = -lam * b / n1
+    return w
+
+
+def tail_fraction(r: torch.Tensor, tail_std: float) -> float:
+    """Fraction of samples with ``log10 r < mean - tail_std * std`` (population std) of log10 r."""
+    s = torch.log10(r.detach().double().clamp_min(LOG_FLOOR))
+    thr = s.mean() - tail_std * s.std(unbiased=False)
+    return float((s < thr).double().mean())
+
+
+# -- the defence --------------------------------------------------------------------------------------
+
+def _forward(distiller, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    from ...device import autocast
+    prep = getattr(distiller, "prep", None)
+    xin = prep(x) if prep is not None else x
+    with autocast(torch.device(distiller.device), bool(getattr(distiller, "bf16", False))):
+        return model(xin).float()
+
+
+class ShufflingVaccine(Defense):
+    """SV as a :class:`~fedabd.distill.base.Defense` (hooks: generator_loss, sample_weights, state).
+
+    ``seed``: overrides the run's seed (``distiller.seed``) for the permutations.
+    """
+
+    def __init__(self, cfg: SVConfig | None = None, seed: int | None = None) -> None:
+        self.cfg = cfg or SVConfig()
+        self.seed = seed
+        self.shuffled: Ensemble | None = None
+        self.layers: list[str] = []
+        self.status = "not set up"   # pending | accepted | first_draw | off
+        self.enabled = True
+        self.accepted_draw: int | None = None
+        self.draws: list[dict] = []
+        self.selection_samples_used = 0
+        self.calls = 0
+        self._frac_sum = 0.0
+        self._run_seed: int | None = None
+        self._generator: torch.Generator | None = None
+
+    # -- construction and selection ----------------------------------------------------------------
+    def setup(self, distiller) -> None:
+        seed = int(distiller.seed if self.seed is None else self.seed)
+        self._run_seed = seed
+        self._generator = torch.Generator().manual_seed(seed + SEED_OFFSET)
+        self._teacher = distiller.teacher
+        self._draw(distiller)
+        self.status = "pending"
+        self.enabled = True
+        log.info("SV: %d shuffled copies per teacher, shuffled layers %s", self.cfg.k, self.layers)
+
+    def _draw(self, distiller) -> None:
+        shuffled, self.layers = build_shuffled_teacher(self._teacher, self.cfg.k, self.cfg.n, self._generator)
+        self.shuffled = freeze(shuffled).to(torch.device(distiller.device))
+
+    def _ready(self, distiller, x: torch.Tensor, t_logits: torch.Tensor) -> bool:
+        if self.shuffled is None and self.status == "not set up":
+            self.setup(distiller)
+        if self.status == "pending":
+            self._select(distiller, x, t_logits)
+        return self.enabled
+
+    @torch.no_grad()
+    def _select(self, distiller, x: torch.Tensor, t_logits: torch.Tensor) -> None:
+        cfg = self.cfg
+        xs, ts = x[: cfg.selection_samples].detach(), t_logits[: cfg.selection_samples].detach().float()
+        self.selection_samples_used = int(xs.shape[0])
+        n_draws = 1 + cfg.max_redraws if cfg.select else 1
+        for j in range(n_draws):
+            if j > 0:
+                self._draw(distiller)
+            _, r = suspicious_mask_and_divergence(ts, _forward(distiller, self.shuffled, xs))
+            ratio = tail_fraction(r, cfg.tail_std)
+            good = ratio > cfg.tail_ratio
+            self.draws.append({"draw": j, "tail_ratio": ratio, "good": bool(good)})
+            if not cfg.select:
+                self.status, self.accepted_draw = "first_draw", 0
+                log.info("SV: shuffle selection off; using the first draw (measured tail ratio %.4f)", ratio)
+                return
+            if good:
+                self.status, self.accepted_draw = "accepted", j
+                log.info("SV: shuffle accepted at draw %d (tail ratios per draw: %s; need > %g)",
+                         j, [round(d["tail_ratio"], 4) for d in self.draws], cfg.tail_ratio)
+                return
+        self.status, self.enabled, self.accepted_draw = "off", False, None
+        self.shuffled = None
+        log.warning("SV switched OFF: no good shuffle in %d draws (tail ratios per draw: %s; need > %g "
+                    "on %d samples)", n_draws, [round(d["tail_ratio"], 4) for d in self.draws],
+                    cfg.tail_ratio, self.selection_samples_used)
+
+    def _record(self, mask: torch.Tensor) -> None:
+        self.calls += 1
+        self._frac_sum += float(mask.float().mean()) if mask.numel() else 0.0
+
+    # -- hooks ----------------------------------------------------------------------------------------
+    def generator_loss(self, distiller, x: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor | float:
+        if not self._ready(distiller, x, t_logits):
+            return 0.0
+        with torch.enable_grad():
+            s_logits = _forward(distiller, self.shuffled, x)
+            m, r = suspicious_mask_and_divergence(t_logits, s_logits)
+            self._record(m)
+            return sv_loss(m, r, self.cfg.lam)
+
+    def sample_weights(self, distiller, x: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor | None:
+        if not self._ready(distiller, x, t_logits):
+            return None
+        with torch.no_grad():
+            s_logits = _forward(distiller, self.shuffled, x)
+            m, _ = suspicious_mask_and_divergence(t_logits, s_logits)
+        self._record(m)
+        return ood_weights(m, self.cfg.lam).to(t_logits.device)
+
+    def state(self) -> dict:
+        return {
+            "defense": "sv",
+            "config": asdict(self.cfg),
+            "seed": self._run_seed,
+            "layers": list(self.layers),
+            "copies": len(self.shuffled.members) if self.shuffled is not None else 0,
+            "status": self.status,
+            "enabled": bool(self.enabled and self.status not in ("not set up",)),
+            "selection": "on" if self.cfg.select else "off (first draw used)",
+            "accepted_draw": self.accepted_draw,
+            "draws": [dict(d) for d in self.draws],
+            "selection_samples_used": self.selection_samples_used,
+            "calls": self.calls,
+            "mean_suspicious_fraction": self._frac_sum / self.calls if self.calls else None,
+        }
+
+
+# -- diagnostics ----------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def detector_report(teacher: nn.Module, shuffled: nn.Module, clean_x: torch.Tensor, triggered_x: torch.Tensor,
+                    batch_size: int = 500) -> dict:
+    """Fraction of samples SV flags as suspicious (argmax T~ = argmax T) among clean vs triggered inputs.
+
+    Inputs are normalised images; pass triggered images of non-target classes only.
+    """
+    def flagged(x: torch.Tensor) -> float:
+        if len(x) == 0:
+            return math.nan
+        hits = 0
+        dev = next(teacher.parameters()).device
+        for i in range(0, len(x), batch_size):
+            xb = x[i:i + batch_size].to(dev)
+            m, _ = suspicious_mask_and_divergence(teacher(xb), shuffled(xb))
+            hits += int(m.sum())
+        return hits / len(x)
+
+    was = teacher.training
+    teacher.eval()
+    out = {"clean": flagged(clean_x), "triggered": flagged(triggered_x),
+           "n_clean": int(len(clean_x)), "n_triggered": int(len(triggered_x))}
+    teacher.train(was)
+    return out
