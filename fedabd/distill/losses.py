@@ -40,9 +40,19 @@ def attention_map(features: torch.Tensor) -> torch.Tensor:
 
 
 def attention_loss(student_feats: list[torch.Tensor], teacher_attn: list[torch.Tensor]) -> torch.Tensor:
-    """sum_l mean_b || a(S_l) - a_T,l ||^2 where ``teacher_attn`` are precomputed teacher attention maps
-    (for an ensemble, the mean of the members' attention maps)."""
-    total = student_feats[0].new_zeros((), dtype=torch.float32)
+    """sum_l mean_{b,j} (a(S_l) - a_T,l)[b, j]^2: per layer the squared difference of the attention
+    maps averaged over the batch AND the H*W positions j, summed over layers. This is the
+    reference ZSKT / attention-transfer code's ``(at(s) - at(t)).pow(2).mean()``, the form the
+    paper's beta = 250 is calibrated to (it equals mean_b ||a(S_l) - a_T,l||^2 / (H_l * W_l)).
+
+    ``teacher_attn`` are precomputed teacher attention maps ``(B, H_l*W_l)`` (for an ensemble, the
+    mean of the members' attention maps). The two lists must have the same length.
+    """
+    if len(student_feats) != len(teacher_attn):
+        raise ValueError(f"attention_loss: {len(student_feats)} student feature maps but "
+                         f"{len(teacher_attn)} teacher attention maps")
+    total = torch.zeros((), dtype=torch.float32,
+                        device=student_feats[0].device if student_feats else None)
     for fs, at in zip(student_feats, teacher_attn):
-        total = total + (attention_map(fs) - at).pow(2).mean()
+        total = total + (attention_map(fs) - at.float()).pow(2).mean()
     return total
