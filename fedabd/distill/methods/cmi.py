@@ -1,0 +1,382 @@
+"""CMI: Contrastive Model Inversion (Fang et al. 2021), spec section 2 "CMI".
+
+One iteration = one epoch:
+
+1. Synthesis. A freshly initialised generator G (seeded from the run) and a new latent batch z
+   are optimised together (Adam) for ``g_steps`` steps on one batch of ``synth_batch`` images with
+   uniform random labels y::
+
+       L_inv = bn*L_BN + oh*CE(T(x_g), y) + adv*L_adv + cr*L_cr + tv*L_TV + l2*L_l2
+               + defense.generator_loss(x_g, T(x_g))
+
+   where x_g / x_l are a global view (random translation + flip) and a local view (random
+   resized crop, scale 0.25-1, + flip) of G(z). L_BN sums, over the teacher's BatchNorm2d
+   layers (every member of an ensemble), ||mu_batch - running_mean||_2 + ||var_batch -
+   running_var||_2 of the layer inputs (0 for a teacher without BN such as LeNet-5).
+   L_adv = -mean_i 1[argmax S = argmax T] * KL(T || S). L_cr is the instance contrastive
+   (NT-Xent) loss between the local and global views' features (per-channel means of the
+   teacher's BN inputs, or of its returned feature maps when it has no BN), projected by an MLP
+   head trained jointly and kept across epochs; the features of past synthesised images in a
+   memory bank are extra negatives. L_TV / L_l2 are optional DeepInversion image priors (off
+   in the paper preset). The step with the lowest total loss gives the batch that joins the
+   synthetic pool (pixel space [0, 1], detached) and its features join the memory bank.
+2. KD. ``kd_steps`` student steps on batches of ``kd_batch`` drawn from the whole pool
+   (translation + flip where the dataset allows it), loss tau^2*KL_tau(T || S), SGD with a
+   cosine learning rate (``s_schedule``: "epoch" restarts it every epoch, "run" anneals over
+   the whole run). In a defence's final phase the LR is the constant ``sr_lr`` and
+   ``defense.final_phase_step`` runs between backward and step.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ...device import autocast
+from ...models import create_generator
+from ...models.ensemble import Ensemble
+from ..base import DISTILLERS, Distiller
+from ..losses import kd_loss, kl_div
+
+
+@dataclass(frozen=True)
+class CMIConfig:
+    epochs: int = 30
+    # synthesis
+    nz: int = 256
+    synth_batch: int = 64
+    g_steps: int = 50
+    g_lr: float = 1e-3
+    generator_width: int = 16  # the generator dominates the cost (DESIGN.md)
+    bn: float = 1.0
+    oh: float = 1.0
+    adv: float = 0.5
+    cr: float = 0.8
+    cr_temperature: float = 0.1
+    tv: float = 0.0  # total-variation image prior (DeepInversion); 0 = off
+    l2: float = 0.0  # l2 image prior on the normalised image; 0 = off
+    bank_size: int = 4096  # memory bank of past features (rows = past images), FIFO
+    n_neg: int = 512  # bank rows drawn as extra negatives at each generator step
+    head_dim: int = 128  # output dim of the contrastive MLP head
+    local_scale_min: float = 0.25  # random-resized-crop scale range of the local view
+    # student
+    kd_steps: int = 80
+    kd_batch: int = 128
+    tau: float = 20.0
+    s_lr: float = 0.01  # 0.1 / 0.05 killed the BN-free LeNet-half student on MNIST (measured)
+    s_momentum: float = 0.9
+    s_wd: float = 1e-4
+    s_schedule: str = "run"  # "epoch": cosine restarted each epoch; "run": cosine over the whole run
+    sr_lr: float = 5e-4  # constant student LR during a defence's final phase
+
+
+presets = {
+    "cpu": CMIConfig(),
+    "paper": CMIConfig(epochs=200, nz=256, synth_batch=256, g_steps=200, g_lr=1e-3, generator_width=64,
+                       bn=1.0, oh=1.0, adv=0.5, cr=0.8, cr_temperature=0.1, tv=0.0, l2=0.0,
+                       bank_size=40960, n_neg=4096, head_dim=128, kd_steps=400, kd_batch=128, tau=20.0,
+                       s_lr=0.1, s_momentum=0.9, s_wd=1e-4, s_schedule="epoch", sr_lr=5e-4),
+}
+
+
+# -- losses (module level, so tests check them on hand-made cases) ---------------------------------
+
+def bn_stat_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """||mean_{N,H,W}(x) - running_mean||_2 + ||var_{N,H,W}(x) - running_var||_2 (biased variance)
+    for the input ``x`` (N, C, H, W) of the BatchNorm layer ``bn``."""
+    x = x.float()
+    mean = x.mean(dim=(0, 2, 3))
+    var = x.var(dim=(0, 2, 3), unbiased=False)
+    return torch.linalg.vector_norm(mean - bn.running_mean.float()) + \
+        torch.linalg.vector_norm(var - bn.running_var.float())
+
+
+def contrastive_loss(anchor: torch.Tensor, positive: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Instance contrastive loss (NT-Xent / SimCLR, SupCon without labels) on L2-normalised features.
+
+    The 2N features z = [anchor; positive] each have one positive (the other view of the same
+    instance) and 2N-2 negatives: -mean_i log( exp(z_i.z_p(i)/t) / sum_{j != i} exp(z_i.z_j/t) ).
+    """
+    n = anchor.shape[0]
+    z = F.normalize(torch.cat([anchor, positive], 0).float(), dim=1)
+    sim = z @ z.t() / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of neighbouring pixels (DeepInversion's l2 total variation)."""
+    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
+
+
+class MLPHead(nn.Module):
+    """Linear - ReLU - Linear, output L2-normalised (the CMI projection head)."""
+
+    def __init__(self, dim_in: int, dim_out: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim_in, dim_in), nn.ReLU(inplace=True), nn.Linear(dim_in, dim_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.net(x), dim=1)
+
+
+# -- vectorised, seeded, differentiable augmentation ----------------------------------------------
+
+def _affine(x: torch.Tensor, scale: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor,
+            flip: torch.Tensor) -> torch.Tensor:
+    """Per-sample crop by affine sampling: output pixel (u, v) in [-1, 1] reads the input at
+    (sx*u*flip + tx, sy*v + ty); zero padding outside. ``scale`` is (N, 2) = (sx, sy)."""
+    n = x.shape[0]
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0] = scale[:, 0] * torch.where(flip, -1.0, 1.0)
+    theta[:, 1, 1] = scale[:, 1]
+    theta[:, 0, 2] = tx
+    theta[:, 1, 2] = ty
+    grid = F.affine_grid(theta.to(x.device), list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+def random_translate_flip(x: torch.Tensor, hflip: bool, generator: torch.Generator,
+                          pad: int | None = None) -> torch.Tensor:
+    """Random crop after zero padding by ``pad`` (default H/8) pixels: an integer translation
+    (exact pixel copies), plus a horizontal flip with probability 1/2 when ``hflip``."""
+    n, _, h, w = x.shape
+    pad = max(1, h // 8) if pad is None else pad
+    dx = torch.randint(-pad, pad + 1, (n,), generator=generator).float() * 2 / w
+    dy = torch.randint(-pad, pad + 1, (n,), generator=generator).float() * 2 / h
+    flip = (torch.rand(n, generator=generator) < 0.5) & hflip
+    return _affine(x, torch.ones(n, 2), dx, dy, flip)
+
+
+def random_resized_crop(x: torch.Tensor, hflip: bool, generator: torch.Generator,
+                        scale: tuple[float, float] = (0.25, 1.0),
+                        ratio: tuple[float, float] = (3 / 4, 4 / 3)) -> torch.Tensor:
+    """Random-resized crop (area fraction in ``scale``, aspect ratio in ``ratio``), resized back to
+    the input size with bilinear sampling, plus an optional horizontal flip."""
+    n = x.shape[0]
+    area = torch.empty(n).uniform_(scale[0], scale[1], generator=generator)
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    r = log_r.exp()
+    sx = (area * r).sqrt().clamp(max=1.0)
+    sy = (area / r).sqrt().clamp(max=1.0)
+    tx = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sx)
+    ty = (torch.rand(n, generator=generator) * 2 - 1) * (1 - sy)
+    flip = (torch.rand(n, generator=generator) < 0.5) & hflip
+    return _affine(x, torch.stack([sx, sy], 1), tx, ty, flip)
+
+
+# -- the distiller --------------------------------------------------------------------------------
+
+class _BNHook:
+    """Forward hook on a BatchNorm2d: the BN statistics loss and the per-channel instance means
+    of the layer's input, computed at each call (the last call wins)."""
+
+    def __init__(self, module: nn.BatchNorm2d) -> None:
+        self.module = module
+        self.loss: torch.Tensor | None = None
+        self.instance_mean: torch.Tensor | None = None
+        self.handle = module.register_forward_hook(self)
+
+    def __call__(self, module, inputs, output) -> None:
+        x = inputs[0]
+        self.loss = bn_stat_loss(x, module)
+        self.instance_mean = x.float().mean(dim=(2, 3))
+
+    def remove(self) -> None:
+        self.handle.remove()
+
+
+@DISTILLERS.register("cmi")
+class CMIDistiller(Distiller):
+    config_cls = CMIConfig
+    presets = presets
+    unit = "epoch"
+
+    @property
+    def total_iterations(self) -> int:
+        return self.cfg.epochs
+
+    # -- setup ------------------------------------------------------------------------------------
+    def setup(self) -> None:
+        cfg, info = self.cfg, self.info
+        if cfg.s_schedule not in ("epoch", "run"):
+            raise ValueError(f"s_schedule must be 'epoch' or 'run', got {cfg.s_schedule!r}")
+        self.members = list(self.teacher.members) if isinstance(self.teacher, Ensemble) else [self.teacher]
+        if isinstance(self.teacher, Ensemble):
+            self.member_weights = self.teacher.weights.detach().clone()
+        else:
+            self.member_weights = torch.ones(1, device=self.device)
+        self.bn_layers = [mod for m in self.members for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
+        self.uses_bn = bool(self.bn_layers)
+        self.bn_hooks: list[_BNHook] = []
+        try:
+            self._add_hooks()
+            with torch.no_grad():
+                probe = torch.zeros(2, *info.shape, device=self.device)
+                _, feat = self._invert_forward(probe)
+        finally:
+            self._remove_hooks()
+        self.head = MLPHead(feat.shape[1], cfg.head_dim).to(self.device)
+        self.head_opt = torch.optim.Adam(self.head.parameters(), lr=cfg.g_lr, betas=(0.5, 0.999))
+        self.bank = torch.empty(0, 2 * feat.shape[1], device=self.device)
+        self.pool = torch.empty(0, *info.shape, device=self.device)
+        self.opt = torch.optim.SGD(self.student.parameters(), lr=cfg.s_lr, momentum=cfg.s_momentum,
+                                   weight_decay=cfg.s_wd)
+        self.student_lr = cfg.s_lr
+
+    # hooks live only during the synthesis, so the KD steps' teacher calls pay nothing for them
+    def _add_hooks(self) -> None:
+        self.bn_hooks = [_BNHook(mod) for mod in self.bn_layers]
+
+    def _remove_hooks(self) -> None:
+        for h in self.bn_hooks:
+            h.remove()
+        self.bn_hooks = []
+
+    def on_final_phase(self) -> None:
+        self.student_lr = self.cfg.sr_lr
+        for g in self.opt.param_groups:
+            g["lr"] = self.cfg.sr_lr
+
+    # -- teacher passes for the inversion -----------------------------------------------------------
+    def _invert_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher logits (weighted member mean; members called one by one so that every BN hook
+        fires) and the contrastive features (B, D) of normalised input ``x``; input gradients flow."""
+        x = self.prep(x)
+        logits, feats = 0.0, []
+        for k, m in enumerate(self.members):
+            with autocast(self.device, self.bf16):
+                if self.uses_bn:
+                    out = m(x)
+                else:
+                    out, maps = m(x, return_features=True)
+                    feats.extend(f.float().mean(dim=(2, 3)) for f in maps)
+            logits = logits + self.member_weights[k] * out.float()
+        if self.uses_bn:
+            feats = [h.instance_mean for h in self.bn_hooks]
+        return logits, torch.cat(feats, 1)
+
+    def _bn_loss(self) -> torch.Tensor:
+        if not self.uses_bn:
+            return torch.zeros((), device=self.device)
+        # an ensemble sums over all members' layers, as for one model (not a member mean)
+        return sum(h.loss for h in self.bn_hooks)
+
+    # -- one epoch -----------------------------------------------------------------------------------
+    def synthesize(self) -> dict:
+        cfg, info, g = self.cfg, self.info, self.generator
+        n = cfg.synth_batch
+        gen = create_generator("cmi", cfg.nz, info.channels, info.image_size, cfg.generator_width).to(self.device)
+        gen.train()
+        z = torch.randn(n, cfg.nz, generator=g).to(self.device).requires_grad_(True)
+        y = torch.randint(0, info.num_classes, (n,), generator=g).to(self.device)
+        opt = torch.optim.Adam([{"params": gen.parameters()}, {"params": [z]}], lr=cfg.g_lr, betas=(0.5, 0.999))
+        student_req = [p.requires_grad for p in self.student.parameters()]
+        for p in self.student.parameters():
+            p.requires_grad_(False)
+        was_training = self.student.training
+        self.student.eval()
+        best = {"loss_inv": math.inf}
+        best_x = best_feat = None
+        n_neg = min(cfg.n_neg, self.bank.shape[0])
+        self._add_hooks()
+        try:
+            for _ in range(cfg.g_steps):
+                x = gen(z)  # pixel space [0, 1]
+                xg = info.normalize(random_translate_flip(x, info.hflip, g))
+                xl = info.normalize(random_resized_crop(x, info.hflip, g, (cfg.local_scale_min, 1.0)))
+                t_logits, gfeat = self._invert_forward(xg)
+                loss_bn = self._bn_loss()
+                loss_oh = F.cross_entropy(t_logits, y)
+                if cfg.adv > 0:
+                    s_logits = self.student_logits(xg)
+                    agree = (s_logits.argmax(1) == t_logits.argmax(1)).float()
+                    loss_adv = -(kl_div(t_logits, s_logits, reduction="none") * agree).mean()
+                else:
+                    loss_adv = torch.zeros((), device=self.device)
+                if cfg.cr > 0:
+                    _, lfeat = self._invert_forward(xl)
+                    if n_neg > 0:
+                        idx = torch.randperm(self.bank.shape[0], generator=g)[:n_neg].to(self.device)
+                        cached_l, cached_g = self.bank[idx].chunk(2, dim=1)
+                        all_l, all_g = torch.cat([lfeat, cached_l]), torch.cat([gfeat, cached_g])
+                    else:
+                        all_l, all_g = lfeat, gfeat
+                    proj = self.head(torch.cat([all_l, all_g]))
+                    pl, pg = proj.chunk(2, dim=0)
+                    loss_cr = contrastive_loss(pl, pg.detach(), cfg.cr_temperature)
+                else:
+                    lfeat = gfeat
+                    loss_cr = torch.zeros((), device=self.device)
+                loss = cfg.bn * loss_bn + cfg.oh * loss_oh + cfg.adv * loss_adv + cfg.cr * loss_cr
+                if cfg.tv > 0:
+                    loss = loss + cfg.tv * tv_loss(x)
+                if cfg.l2 > 0:
+                    loss = loss + cfg.l2 * info.normalize(x).pow(2).mean()
+                d = self.defense.generator_loss(self, xg, t_logits)
+                loss = loss + d
+                value = float(loss.detach())
+                if value < best["loss_inv"] or best_x is None:
+                    best = {"loss_inv": value, "loss_bn": float(loss_bn.detach()), "loss_oh": float(loss_oh.detach()),
+                            "loss_adv": float(loss_adv.detach()), "loss_cr": float(loss_cr.detach())}
+                    best_x = x.detach().clone()
+                    best_feat = torch.cat([lfeat, gfeat], 1).detach().clone()
+                opt.zero_grad(set_to_none=True)
+                self.head_opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                self.head_opt.step()
+        finally:
+            self._remove_hooks()
+            for p, r in zip(self.student.parameters(), student_req):
+                p.requires_grad_(r)
+            self.student.train(was_training)
+        if best_x is not None:
+            self.pool = torch.cat([self.pool, best_x.float()])
+            self.bank = torch.cat([self.bank, best_feat.float()])[-cfg.bank_size:] if cfg.bank_size > 0 else self.bank
+        return best
+
+    def kd_epoch(self, it: int) -> dict:
+        cfg, info, g = self.cfg, self.info, self.generator
+        losses, extra = [], {}
+        size = self.pool.shape[0]
+        if size == 0 or cfg.kd_steps <= 0:
+            return {"loss_kd": float("nan")}
+        self.student.train()
+        for k in range(cfg.kd_steps):
+            if self.in_final_phase:
+                lr = cfg.sr_lr
+            elif cfg.s_schedule == "epoch":
+                lr = 0.5 * cfg.s_lr * (1 + math.cos(math.pi * k / cfg.kd_steps))
+            else:
+                done, total = it * cfg.kd_steps + k, cfg.epochs * cfg.kd_steps
+                lr = 0.5 * cfg.s_lr * (1 + math.cos(math.pi * done / total))
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            self.student_lr = lr
+            idx = torch.randint(0, size, (min(cfg.kd_batch, size),), generator=g).to(self.device)
+            x = info.normalize(random_translate_flip(self.pool[idx], info.hflip, g)).detach()
+            t = self.teacher_logits(x)
+            s = self.student_logits(x)
+            loss = kd_loss(t, s, cfg.tau)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.in_final_phase:
+                out = self.defense.final_phase_step(self, x)
+                for key, v in (out or {}).items():
+                    extra.setdefault(key, []).append(float(v))
+            self.opt.step()
+            losses.append(float(loss.detach()))
+        row = {"loss_kd": sum(losses) / len(losses)}
+        row.update({key: sum(v) / len(v) for key, v in extra.items()})
+        return row
+
+    def iteration(self, it: int) -> dict:
+        row = self.synthesize()
+        row.update(self.kd_epoch(it))
+        row["pool_size"] = float(self.pool.shape[0])
+        return row
