@@ -324,6 +324,68 @@ def simulate_cmd(
         console.print(f"comparison plot: {Path(cfg.out) / 'compare.png'}")
 
 
+@app.command("reproduce")
+def reproduce_cmd(
+    out: Annotated[Path, typer.Option(help="Results folder (re-running resumes it).")] = Path("results/reproduce"),
+    attack: Annotated[str, typer.Option(help="Attacks: 'all' or a comma list.")] = "all",
+    kd: Annotated[str, typer.Option(help="Methods, comma list.")] = "vanilla,zskt,cmi,ood",
+    abd: Annotated[str, typer.Option(help="Defence variants for the data-free methods, comma list.")] = "none,sv+sr",
+    seeds: Annotated[int, typer.Option(min=1, help="Number of seeds (0..N-1).")] = 3,
+    ablation: Annotated[int, typer.Option(min=0, help="SV-only / SR-only runs for this many most-transferring attacks.")] = 3,
+    preset: Annotated[str, typer.Option(help="cpu | paper")] = "cpu",
+    dataset: Annotated[str, typer.Option()] = DEFAULT_DATASET,
+    teacher_arch: Annotated[Optional[str], typer.Option(help="Default: lenet5 (wrn16_2 for 3-channel data).")] = None,
+    student: Annotated[Optional[str], typer.Option(help="Default: lenet5_half (wrn16_1 for 3-channel data).")] = None,
+    teacher_epochs: Annotated[int, typer.Option(min=1)] = 8,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method setting, method.key=value (repeatable).")] = None,
+    device: Annotated[str, typer.Option()] = "auto",
+    data_dir: Annotated[Optional[str], typer.Option()] = None,
+) -> None:
+    """The paper's single-teacher experiment: teachers, vanilla KD, ZSKT/CMI/OOD without and with ABD, ablation; a results page."""
+    import sys
+
+    from .data import dataset_info
+    from .distill import DISTILLERS
+    from .reproduce import Plan, timed_run
+
+    with user_errors():
+        attacks = ATTACKS.names() if attack == "all" else _split_names(attack, ATTACKS)
+        kds = _split_names(kd, DISTILLERS)
+        variants = [v.strip() for v in abd.split(",") if v.strip()]
+        from .defenses import DEFENSES
+        for v in variants:
+            if v not in DEFENSES:
+                raise ValueError(f"unknown defence {v!r}; choose from {', '.join(DEFENSES)}")
+        overrides: dict = {}
+        for k, v in _parse_settings(set_, "--set").items():
+            method, _, key = k.partition(".")
+            if method not in kds or not key:
+                raise ValueError(f"--set {k}: expected METHOD.KEY with METHOD one of {', '.join(kds)}")
+            overrides.setdefault(method, {})[key] = v
+        rgb = dataset_info(dataset).channels == 3
+        plan = Plan(out=out, attacks=attacks, kds=kds, seeds=list(range(seeds)), defenses=variants,
+                    ablation_top=ablation, dataset=dataset,
+                    teacher_arch=teacher_arch or ("wrn16_2" if rgb else "lenet5"),
+                    student=student or ("wrn16_1" if rgb else "lenet5_half"), teacher_epochs=teacher_epochs,
+                    preset=preset, overrides=overrides, device=device, data_dir=data_dir)
+        command = "fedabd " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else "fedabd reproduce ..."
+        with progress_bar() as bar:
+            jobs = bar.add_task("jobs", total=None, info="")
+            inner = bar.add_task("current", total=None, info="")
+
+            def notify(what: str, i: int, n: int) -> None:
+                bar.update(jobs, completed=i - 1, total=n, info=what)
+                bar.reset(inner, total=None)
+
+            def on_progress(step, total, row):
+                bar.update(inner, completed=step, total=total,
+                           info=f"Acc {pct(row['acc'])} ASR {pct(row.get('asr'))}" if "acc" in row else "")
+
+            page = timed_run(plan, command, notify, on_progress)
+        console.print(page.read_text(), markup=False, highlight=False)
+        console.print(f"results page: {page}")
+
+
 scenarios_app = typer.Typer(help="Shipped scenario files: list, show, validate.", no_args_is_help=True)
 app.add_typer(scenarios_app, name="scenarios")
 
