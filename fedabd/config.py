@@ -216,8 +216,10 @@ def load_scenario(path: str | Path | None = None, overrides: dict | None = None)
 
 def scenario_from_run_config(run_config) -> ScenarioConfig:
     """A scenario from a Flower run config (``flwr run``'s ``[tool.flwr.app.config]`` and
-    ``--run-config``): ``scenario`` names a YAML file (relative paths: the current folder); every
+    ``--run-config``): ``scenario`` names a YAML file or a shipped scenario; every
     other key is a scenario key, dashes allowed for underscores."""
+    from .scenario_files import resolve_scenario
+
     values = {str(k).replace("-", "_"): v for k, v in dict(run_config).items()}
-    path = values.pop("scenario", None) or None
-    return load_scenario(path, values)
+    name = values.pop("scenario", None) or None
+    return load_scenario(resolve_scenario(name) if name else None, values)
