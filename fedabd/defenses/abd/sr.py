@@ -1,0 +1,333 @@
+"""Self-Retrospection (SR): ABD's end-of-distillation unlearning step (spec section 3.2).
+
+In the final ``fraction`` of the run every student step additionally does:
+
+1. **Trigger synthesis.** One universal perturbation ``delta`` of shape ``1 x C x H x W`` is found by
+   ``trigger_steps`` Adam steps (lr ``trigger_lr``) maximising ``mean_i KL(M(x_i) || M(x_i + delta))``,
+   ``M`` the teacher (CMI / OOD / vanilla) or the student (ZSKT); ``trigger_source="auto"`` picks
+   this way. Only ``d objective / d delta`` is computed (``torch.autograd.grad``), so nothing lands
+   in any parameter's ``.grad``. The reference starts at exactly ``delta = 0`` where the gradient of
+   the KL vanishes (only Adam's normalisation lets it move at all); we start by default from small
+   Gaussian noise (``trigger_init="noise"``, std ``init_std``); ``"zero"`` reproduces the reference.
+   ``restarts > 1`` runs the search from several starts and keeps the one with the largest final
+   objective; ``trigger_norm_bound > 0`` projects ``delta`` onto that L2 ball after every step.
+
+2. **Unlearning by implicit hypergradient** (I-BAU style), see :func:`implicit_hypergradient`:
+   inner objective ``L_in(d, th) = -KL(S_th(x) || S_th(x + d)) + inner_reg * ||d||^2``,
+   fixed-point map ``Phi(d, th) = d - inner_lr * grad_d L_in(d, th)``,
+   outer loss ``L_out(d, th) = (1/B) sum_i KL(S_th(x_i) || S_th(x_i + d * 1[i in I]))``, with ``I`` a
+   random subset of ``max(1, floor(portion * B))`` samples (only those contribute; the mean is over
+   the whole batch as in the spec's formula). With ``g = dL_out/dd``, ``v_0 = g`` and ``K`` iterations
+   ``v <- (dPhi/dd)^T v + g`` (a truncated Neumann series for ``(I - dPhi/dd)^{-T} g``), the
+   gradient added to the student is ``weight * (dL_out/dth + (dPhi/dth)^T v)``. This is the total
+   derivative of ``L_out(d*(th), th)`` for the fixed point ``d* = Phi(d*, th)`` (exact as K -> inf
+   when ``Phi`` is a contraction in ``d``).
+
+3. The distiller then takes its optimiser step with KD gradient + SR gradient (the methods reset
+   their student LR for the final phase themselves, e.g. ZSKT's ``sr_lr``).
+
+**BatchNorm / dropout.** SR's extra forward passes must not move the student's BN running
+statistics. ``bn_mode="eval"`` (default) runs them with the *whole student in eval mode* (running
+statistics used and untouched, dropout off; each module's previous ``training`` flag is restored
+afterwards). This is the function that is deployed and evaluated (ASR is measured in eval mode),
+a universal additive ``delta`` is not partly normalised away by batch statistics, samples are
+independent so the outer loss can be computed on the patched subset only, and the fixed-point map
+is deterministic. ``bn_mode="train"`` keeps train-mode (batch-statistics) forwards and saves /
+restores every BN buffer (running mean / var / num_batches_tracked) around SR instead.
+For models without BN or dropout (LeNet) both modes are identical.
+
+SR runs in float32 (no bf16 autocast: it differentiates twice) on the device of ``x``; all of
+its randomness (subset ``I``, noise starts) comes from a generator seeded by the run's seed.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...distill.base import Defense
+from ...distill.losses import kl_div
+
+log = logging.getLogger("fedabd.defenses.abd.sr")
+
+_TRIGGER_SOURCES = ("auto", "teacher", "student")
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+@dataclass(frozen=True)
+class SRConfig:
+    fraction: float = 0.02          # final-phase fraction of the run (paper: last 1-2 %)
+    trigger_steps: int = 10         # R Adam steps of trigger synthesis (paper: 10 or 20)
+    trigger_lr: float = 0.1         # Adam LR of trigger synthesis
+    trigger_init: str = "noise"     # "noise" (N(0, init_std^2)) or "zero" (the reference)
+    init_std: float = 1e-3          # std of the noise start
+    restarts: int = 1               # independent trigger searches; the best final objective wins
+    trigger_norm_bound: float = 0.0  # > 0: project delta onto the L2 ball of this radius
+    trigger_source: str = "auto"    # "auto" (student for ZSKT, teacher otherwise), "teacher", "student"
+    inner_reg: float = 0.001        # L2 penalty of the inner objective
+    inner_lr: float = 0.1           # step of the fixed-point map Phi
+    fixed_point_iters: int = 5      # K
+    portion: float = 0.02           # fraction of the batch patched in L_out (at least one sample)
+    weight: float = 1.0             # scale of the unlearning gradient added to .grad
+    bn_mode: str = "eval"           # "eval" or "train" (see module docstring)
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"SRConfig.fraction must be in (0, 1], got {self.fraction}")
+        if self.trigger_steps < 0 or self.fixed_point_iters < 0:
+            raise ValueError("SRConfig.trigger_steps and fixed_point_iters must be >= 0")
+        if self.restarts < 1:
+            raise ValueError(f"SRConfig.restarts must be >= 1, got {self.restarts}")
+        if self.trigger_init not in ("noise", "zero"):
+            raise ValueError(f"SRConfig.trigger_init must be 'noise' or 'zero', got {self.trigger_init!r}")
+        if self.trigger_source not in _TRIGGER_SOURCES:
+            raise ValueError(f"SRConfig.trigger_source must be one of {_TRIGGER_SOURCES}, got {self.trigger_source!r}")
+        if self.bn_mode not in ("eval", "train"):
+            raise ValueError(f"SRConfig.bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
+        if not 0.0 < self.portion <= 1.0:
+            raise ValueError(f"SRConfig.portion must be in (0, 1], got {self.portion}")
+        for name in ("trigger_lr", "inner_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"SRConfig.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("init_std", "inner_reg", "weight", "trigger_norm_bound"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"SRConfig.{name} must be >= 0, got {getattr(self, name)}")
+
+
+# -- helpers --------------------------------------------------------------------------------------
+
+def _float(t: torch.Tensor) -> torch.Tensor:
+    """Half / bf16 -> float32; float32 and float64 unchanged (the FD tests run in float64)."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
+def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return _float(model(x))
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
+    """KL(softmax(p) || softmax(q)) as :func:`fedabd.distill.losses.kl_div` (tau 1), but in the
+    inputs' precision (float64 stays float64)."""
+    if p_logits.dtype == torch.float64 or q_logits.dtype == torch.float64:
+        t = torch.log_softmax(p_logits.double(), dim=1)
+        s = torch.log_softmax(q_logits.double(), dim=1)
+        per = (t.exp() * (t - s)).sum(1)
+        return per if reduction == "none" else per.mean()
+    return kl_div(p_logits, q_logits, reduction=reduction)
+
+
+def _batch_dependent(model: nn.Module) -> bool:
+    """True if some BN layer of ``model`` uses batch statistics (samples not independent)."""
+    return any(isinstance(m, _BN_TYPES) and (m.training or not m.track_running_stats) for m in model.modules())
+
+
+def patched_subset(batch: int, portion: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Indices (CPU, int64, sorted) of ``max(1, floor(portion * batch))`` random samples."""
+    n = min(batch, max(1, int(portion * batch)))
+    return torch.randperm(batch, generator=generator)[:n].sort().values
+
+
+@contextlib.contextmanager
+def sr_forward_mode(model: nn.Module, bn_mode: str = "eval"):
+    """Context for SR's extra forwards that leaves BN running statistics untouched.
+
+    ``"eval"``: every module in eval mode, previous ``training`` flags restored on exit.
+    ``"train"``: modes unchanged; BN buffers saved on entry and copied back on exit.
+    """
+    if bn_mode == "eval":
+        flags = [(m, m.training) for m in model.modules()]
+        model.eval()
+        try:
+            yield
+        finally:
+            for m, flag in flags:
+                m.training = flag
+    elif bn_mode == "train":
+        saved = [(buf, buf.detach().clone()) for m in model.modules() if isinstance(m, _BN_TYPES)
+                 for buf in m.buffers(recurse=False)]
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for buf, value in saved:
+                    buf.copy_(value)
+    else:
+        raise ValueError(f"unknown bn_mode {bn_mode!r}")
+
+
+def synthesize_trigger(model_fn, x: torch.Tensor, cfg: SRConfig,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
+    """Universal perturbation maximising ``mean KL(M(x) || M(x + delta))`` by Adam on ``delta``.
+
+    ``model_fn(inputs) -> logits``. Returns ``(delta (1,C,H,W) detached, final objective)``.
+    Only the gradient w.r.t. ``delta`` is computed: no parameter ``.grad`` is touched.
+    """
+    x = x.detach()
+    with torch.no_grad():
+        clean = _float(model_fn(x)).detach()
+    shape = (1, *x.shape[1:])
+    best_delta, best_obj = None, -float("inf")
+    for r in range(cfg.restarts):
+        if cfg.trigger_init == "zero" and r == 0:
+            init = torch.zeros(shape, dtype=x.dtype)
+        else:
+            init = torch.randn(shape, generator=generator, dtype=x.dtype) * cfg.init_std
+        delta = init.to(x.device).requires_grad_(True)
+        opt = torch.optim.Adam([delta], lr=cfg.trigger_lr)
+        for _ in range(cfg.trigger_steps):
+            with torch.enable_grad():
+                loss = -_kl(clean, model_fn(x + delta))
+                (g,) = torch.autograd.grad(loss, delta)
+            delta.grad = g
+            opt.step()
+            if cfg.trigger_norm_bound > 0:
+                with torch.no_grad():
+                    norm = delta.norm()
+                    if norm > cfg.trigger_norm_bound:
+                        delta.mul_(cfg.trigger_norm_bound / norm)
+        delta = delta.detach()
+        with torch.no_grad():
+            obj = float(_kl(clean, model_fn(x + delta)))
+        if best_delta is None or obj > best_obj:
+            best_delta, best_obj = delta, obj
+    return best_delta, best_obj
+
+
+def _phi(student: nn.Module, x: torch.Tensor, d: torch.Tensor, cfg: SRConfig) -> torch.Tensor:
+    """Phi(d, th) = d - inner_lr * grad_d L_in(d, th) with the graph kept (differentiable in d and th)."""
+    l_in = -_kl(_logits(student, x), _logits(student, x + d)) + cfg.inner_reg * d.pow(2).sum()
+    (g_d,) = torch.autograd.grad(l_in, d, create_graph=True)
+    return d - cfg.inner_lr * g_d
+
+
+def outer_loss(student: nn.Module, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """L_out = (1/B) sum_i KL(S(x_i) || S(x_i + delta * 1[i in idx])).
+
+    Unpatched samples contribute exactly 0; when samples are independent (no BN in train mode)
+    only the patched ones are forwarded.
+    """
+    b = x.shape[0]
+    idx = idx.to(x.device)
+    if not _batch_dependent(student):
+        xs = x[idx]
+        return _kl(_logits(student, xs), _logits(student, xs + delta), reduction="none").sum() / b
+    mask = torch.zeros(b, *([1] * (x.dim() - 1)), dtype=x.dtype, device=x.device)
+    mask[idx] = 1.0
+    return _kl(_logits(student, x), _logits(student, x + delta * mask), reduction="none").sum() / b
+
+
+def implicit_hypergradient(student: nn.Module, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor,
+                           cfg: SRConfig, return_outer: bool = False):
+    """d/dth of ``L_out(d*(th), th)`` at ``d = delta`` by K fixed-point (Neumann) iterations.
+
+    Returns one tensor per parameter of ``student`` that requires grad (zeros for unused ones), in
+    ``student.parameters()`` order; ``.grad`` is not touched. The student is used in whatever mode
+    it is in (callers wrap this in :func:`sr_forward_mode`). With ``return_outer`` also returns
+    the value of ``L_out`` (float).
+    """
+    params = [p for p in student.parameters() if p.requires_grad]
+    x = x.detach()
+    d = delta.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        l_out = outer_loss(student, x, d, idx)
+        g_all = torch.autograd.grad(l_out, [d, *params], allow_unused=True)
+        g_d = g_all[0].detach() if g_all[0] is not None else torch.zeros_like(d)
+        direct = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, g_all[1:])]
+
+        phi = _phi(student, x, d, cfg)
+        v = g_d
+        for _ in range(cfg.fixed_point_iters):
+            (jv,) = torch.autograd.grad(phi, d, grad_outputs=v, retain_graph=True, allow_unused=True)
+            v = (torch.zeros_like(d) if jv is None else jv.detach()) + g_d
+        indirect = torch.autograd.grad(phi, params, grad_outputs=v, allow_unused=True)
+    grads = [dg if ig is None else dg + ig.detach() for dg, ig in zip(direct, indirect)]
+    if return_outer:
+        return grads, float(l_out.detach())
+    return grads
+
+
+# -- the defence ----------------------------------------------------------------------------------
+
+def resolve_trigger_source(distiller, source: str = "auto") -> str:
+    """``auto`` -> ``"student"`` for ZSKT (registry name ``zskt``), ``"teacher"`` otherwise."""
+    if source != "auto":
+        return source
+    name = getattr(distiller, "method_name", None)
+    if name is None:
+        from ...distill.base import DISTILLERS
+        if "zskt" in DISTILLERS and isinstance(distiller, DISTILLERS.get("zskt")):
+            name = "zskt"
+        else:
+            name = type(distiller).__name__
+    return "student" if "zskt" in str(name).lower() else "teacher"
+
+
+class SelfRetrospection(Defense):
+    """The SR defence hook (see the module docstring)."""
+
+    def __init__(self, cfg: SRConfig | None = None, seed: int | None = None) -> None:
+        self.cfg = cfg or SRConfig()
+        self._seed = seed
+        self._gen: torch.Generator | None = None
+        self.steps = 0
+        self.started_at: int | None = None
+        self.source: str | None = None
+
+    @property
+    def final_phase_fraction(self) -> float:  # type: ignore[override]
+        return self.cfg.fraction
+
+    def _generator(self, distiller) -> torch.Generator:
+        if self._gen is None:
+            seed = self._seed if self._seed is not None else int(getattr(distiller, "seed", 0))
+            self._gen = torch.Generator().manual_seed(seed * 1_000_003 + 0x5E)  # SR's own stream
+        return self._gen
+
+    def setup(self, distiller) -> None:
+        self._generator(distiller)
+        self.source = resolve_trigger_source(distiller, self.cfg.trigger_source)
+
+    def enter_final_phase(self, distiller) -> None:
+        self.started_at = int(getattr(distiller, "iteration_index", 0))
+        if self.source is None:
+            self.source = resolve_trigger_source(distiller, self.cfg.trigger_source)
+        log.info("Self-Retrospection starts at iteration %d (trigger from %s, R=%d, K=%d, portion=%g)",
+                 self.started_at, self.source, self.cfg.trigger_steps, self.cfg.fixed_point_iters,
+                 self.cfg.portion)
+
+    def final_phase_step(self, distiller, x: torch.Tensor) -> dict:
+        cfg = self.cfg
+        gen = self._generator(distiller)
+        if self.source is None:
+            self.source = resolve_trigger_source(distiller, cfg.trigger_source)
+        student = distiller.student
+        prep = getattr(distiller, "prep", lambda t: t)
+        x = _float(x.detach())
+        with sr_forward_mode(student, cfg.bn_mode):
+            if self.source == "teacher":
+                def model_fn(inp):
+                    return _float(distiller.teacher(prep(inp)))
+            else:
+                def model_fn(inp):
+                    return _float(student(prep(inp)))
+            delta, trig_kl = synthesize_trigger(model_fn, x, cfg, gen)
+            idx = patched_subset(x.shape[0], cfg.portion, gen)
+            grads, l_out = implicit_hypergradient(student, x, delta, idx, cfg, return_outer=True)
+        params = [p for p in student.parameters() if p.requires_grad]
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                g = g.to(p.dtype) * cfg.weight
+                if p.grad is None:
+                    p.grad = g.clone()
+                else:
+                    p.grad.add_(g)
+        self.steps += 1
+        return {"sr_trigger_kl": trig_kl, "sr_outer": l_out, "sr_delta_norm": float(delta.norm())}
+
+    def state(self) -> dict:
+        return {"sr_steps": self.steps, "started_at": self.started_at, "trigger_source": self.source,
+                "config": dataclasses.asdict(self.cfg)}
