@@ -42,7 +42,7 @@ class Plan:
     dataset: str = "mnist_subset"
     teacher_arch: str = "lenet5"
     student: str = "lenet5_half"
-    teacher_epochs: int = 8
+    teacher_epochs: int = 12
     preset: str = "cpu"
     overrides: dict = field(default_factory=dict)  # method -> {setting: value}
     device: str = "auto"

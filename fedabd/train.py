@@ -18,7 +18,7 @@ Progress = Callable[[int, int, dict], None]  # (step done, total steps, latest m
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 8
+    epochs: int = 12
     batch_size: int = 128
     lr: float = 0.05
     momentum: float = 0.9
