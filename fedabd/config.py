@@ -56,7 +56,7 @@ class ScenarioConfig:
     # server
     aggregator: Literal["distill", "fedavg", "multikrum", "fedmedian", "fedtrimmedavg"] = "distill"
     kd: Literal["zskt", "cmi", "ood"] = "cmi"
-    kd_preset: str = "cpu"
+    kd_preset: str = "fed"  # per-round budget: "fed" (CPU, warm-started rounds), "cpu" or "paper"
     kd_overrides: dict = field(default_factory=dict)
     abd: Literal["none", "sv", "sr", "sv+sr"] = "none"
     sv: dict = field(default_factory=dict)
@@ -151,6 +151,9 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
         raise bad("attack", f"unknown attack {cfg.attack!r}; choose one of: {', '.join(ATTACKS.names())}")
     if cfg.kd not in DISTILLERS:
         raise bad("kd", f"unknown method {cfg.kd!r}; choose one of: {', '.join(DISTILLERS.names())}")
+    presets = DISTILLERS.get(cfg.kd).presets
+    if cfg.kd_preset not in presets:
+        raise bad("kd_preset", f"unknown preset {cfg.kd_preset!r} for {cfg.kd}; choose one of: {', '.join(presets)}")
     for key in ("student", "client_arch"):
         if getattr(cfg, key) not in MODELS:
             raise bad(key, f"unknown model {getattr(cfg, key)!r}; choose one of: {', '.join(MODELS.names())}")

@@ -79,6 +79,8 @@ presets = {
                        bn=1.0, oh=1.0, adv=0.5, cr=0.8, cr_temperature=0.1, tv=0.0, l2=0.0,
                        bank_size=40960, n_neg=4096, head_dim=128, kd_steps=400, kd_batch=128, tau=20.0,
                        s_lr=0.1, s_momentum=0.9, s_wd=1e-4, s_schedule="epoch", sr_lr=5e-4),
+    # one federated round on the CPU: the student is warm-started from the previous round's
+    "fed": CMIConfig(epochs=6),
 }
 
 

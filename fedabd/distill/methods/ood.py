@@ -92,6 +92,8 @@ PRESETS = {
     "cpu": OODConfig(),
     # the paper: 50k patches, batch 512, Adam 1e-3, tau 8; 200 passes over the pool (our choice of budget)
     "paper": OODConfig(num_patches=50_000, source_size=0, lr=1e-3, batch_size=512, steps=200 * math.ceil(50_000 / 512)),
+    # one federated round on the CPU: the student is warm-started from the previous round's
+    "fed": OODConfig(steps=500),
 }
 
 
