@@ -64,13 +64,18 @@ class SVConfig:
     tail_ratio: float = 0.02       # a draw is good if > tail_ratio of samples lie in the low tail
     tail_std: float = 3.0          # low tail: s_i < mean(s) - tail_std * std(s), s = log10 r
     max_redraws: int = 8           # re-draws after the first draw (1 + max_redraws draws in all)
-    selection_samples: int = 256   # samples of the first batch cached for the selection
+    selection_samples: int = 256   # synthetic samples cached (over batches) for the selection
+    selection_after: float = 0.05  # make the selection after this fraction of the run (the first
+                                   # synthetic batches come from an untrained generator); the first
+                                   # draw is used until then
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n < 1:
             raise ValueError(f"SV needs k >= 1 and n >= 1, got k={self.k}, n={self.n}")
         if self.max_redraws < 0 or self.selection_samples < 2:
             raise ValueError("SV needs max_redraws >= 0 and selection_samples >= 2")
+        if not 0.0 <= self.selection_after < 1.0:
+            raise ValueError(f"SV needs 0 <= selection_after < 1, got {self.selection_after}")
 
 
 # -- which layers, and how to shuffle them -----------------------------------------------------------
@@ -250,6 +255,7 @@ class ShufflingVaccine(Defense):
         self._frac_sum = 0.0
         self._run_seed: int | None = None
         self._generator: torch.Generator | None = None
+        self._cache: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     # -- construction and selection ----------------------------------------------------------------
     def setup(self, distiller) -> None:
@@ -270,7 +276,15 @@ class ShufflingVaccine(Defense):
         if self.shuffled is None and self.status == "not set up":
             self.setup(distiller)
         if self.status == "pending":
-            self._select(distiller, x, t_logits)
+            total = getattr(distiller, "total_iterations", 0) or 0
+            if getattr(distiller, "iteration_index", 0) < self.cfg.selection_after * total:
+                return self.enabled  # too early: the first draw serves until the selection
+            self._cache.append((x.detach(), t_logits.detach()))
+            if sum(len(c[0]) for c in self._cache) >= self.cfg.selection_samples or not self.cfg.select:
+                xs = torch.cat([c[0] for c in self._cache])
+                ts = torch.cat([c[1] for c in self._cache])
+                self._cache = []
+                self._select(distiller, xs, ts)
         return self.enabled
 
     @torch.no_grad()
