@@ -39,7 +39,7 @@ class ScenarioConfig:
     rounds: int = 3
     fraction: float = 1.0
     min_clients: int = 1
-    local_epochs: int = 1
+    local_epochs: int = 5
     local_lr: float = 0.05
     local_batch_size: int = 64
     client_arch: str = "lenet5"
@@ -50,7 +50,7 @@ class ScenarioConfig:
     malicious_mode: Literal["fixed", "random"] = "fixed"
     attack: str = "badnet_grid"
     target: Optional[int] = None
-    poison_rate: float = 0.5  # fraction of a malicious client's own data that is poisoned
+    poison_rate: float = 0.3  # fraction of a malicious client's own data that is poisoned
     attack_start_round: int = 1
     scale: float = 1.0  # model-replacement boost of a malicious update (1 = none)
     # server

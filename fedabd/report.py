@@ -51,6 +51,7 @@ def plot_curves(rows: Sequence[dict], x: str, series: dict[str, Sequence[dict]] 
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     series = series or {"": rows}
     fig, axes = plt.subplots(1, len(ys), figsize=(5 * len(ys), 3.6), squeeze=False)
@@ -60,6 +61,7 @@ def plot_curves(rows: Sequence[dict], x: str, series: dict[str, Sequence[dict]] 
             if pts:
                 ax.plot(*zip(*pts), marker="o", ms=3, label=label or y)
         ax.set_xlabel(x)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{y.upper().replace('_', '-')} %")
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)

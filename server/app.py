@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedabd import federated as fed
@@ -106,7 +106,8 @@ def run_rounds(grid: Grid, cfg: ScenarioConfig, on_round: RoundCallback | None =
         metrics = fed.evaluate_state(cfg, info, arch, state, device)
         row = {"round": rnd, **metrics, "clients": [u.pid for u in valid],
                "malicious": sorted(u.pid for u in valid if u.metrics.get("malicious")),
-               "failed": sorted(map(name, failed)), "missing": [name(n) for n in missing],
+               "failed": {name(n): reason for n, reason in sorted(failed.items())},
+               "missing": [name(n) for n in missing],
                "rejected": rejected, "seconds": round(time.perf_counter() - t0, 2)}
         if isinstance(strategy, DistillStrategy):
             row["distill_seconds"] = round(strategy.last_info.get("distill_seconds", 0.0), 2)

@@ -18,11 +18,11 @@ FLWR_ENV = {
 }
 
 
-def simulate(cfg: ScenarioConfig, on_round=None, resume: bool = False, progress=None) -> list[dict]:
+def simulate(cfg: ScenarioConfig, on_round=None, resume: bool = False, progress=None, client_app=None) -> list[dict]:
     """Run ``cfg`` with ``cfg.clients`` virtual SuperNodes; returns the per-round rows.
 
     Each client takes one CPU (and a GPU share when CUDA is present); the server's distillation
-    runs in this process.
+    runs in this process. ``client_app`` replaces the standard ClientApp (fault-injection tests).
     """
     for k, v in FLWR_ENV.items():
         os.environ.setdefault(k, v)
@@ -41,7 +41,7 @@ def simulate(cfg: ScenarioConfig, on_round=None, resume: bool = False, progress=
     }
     logging.getLogger("flwr").setLevel(logging.WARNING)
     run_simulation(server_app=make_server_app(cfg, on_round, resume, progress, result),
-                   client_app=make_client_app(cfg), num_supernodes=cfg.clients, backend_config=backend_config)
+                   client_app=client_app or make_client_app(cfg), num_supernodes=cfg.clients, backend_config=backend_config)
     errors = [r for r in result if isinstance(r, BaseException)]
     if errors:
         raise errors[0]

@@ -80,7 +80,7 @@ presets = {
                        bank_size=40960, n_neg=4096, head_dim=128, kd_steps=400, kd_batch=128, tau=20.0,
                        s_lr=0.1, s_momentum=0.9, s_wd=1e-4, s_schedule="epoch", sr_lr=5e-4),
     # one federated round on the CPU: the student is warm-started from the previous round's
-    "fed": CMIConfig(epochs=6),
+    "fed": CMIConfig(epochs=5, kd_steps=60),
 }
 
 
