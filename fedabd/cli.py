@@ -147,8 +147,8 @@ def distill_cmd(
     eval_every: Annotated[int, typer.Option(help="Evaluate every N iterations (0: ten times per run).", min=0)] = 0,
     seed: Annotated[int, typer.Option()] = 0,
     device: Annotated[str, typer.Option()] = "auto",
-    channels_last: Annotated[bool, typer.Option(help="channels_last memory format.")] = False,
-    bf16: Annotated[bool, typer.Option(help="bf16 autocast (where the hardware has it).")] = False,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="channels_last memory format (default: auto, on for BatchNorm conv nets).")] = None,
+    bf16: Annotated[Optional[bool], typer.Option("--bf16/--no-bf16", help="bf16 autocast (default: auto, on for BatchNorm conv nets where the hardware has it).")] = None,
     data_dir: Annotated[Optional[Path], typer.Option()] = None,
 ) -> None:
     """Distil teacher file(s) into a student without their data; Acc/ASR over training, plot, student file."""

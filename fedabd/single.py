@@ -9,7 +9,7 @@ import torch
 
 from .artifacts import LoadedModel, load_model, save_model
 from .data import ImageSet, load_dataset
-from .device import resolve_device, seed_everything
+from .device import resolve_device, seed_everything, speed_switches
 from .distill import DistillResult, create_distiller
 from .distill.base import Progress
 from .metrics import evaluate
@@ -35,7 +35,8 @@ def load_teachers(paths: list[str | Path], device: torch.device) -> list[LoadedM
 def distill_files(teacher_paths: list[str | Path], method: str, student_arch: str, out: str | Path, *,
                   preset: str = "cpu", overrides: dict | None = None, defense=None, defense_name: str = "none",
                   seed: int = 0, device: str = "auto", eval_every: int = 0, data_dir: str | Path | None = None,
-                  teacher_weights: list[float] | None = None, channels_last: bool = False, bf16: bool = False,
+                  teacher_weights: list[float] | None = None, channels_last: bool | None = None,
+                  bf16: bool | None = None,
                   progress: Progress | None = None, test: ImageSet | None = None,
                   real_data: ImageSet | None = None) -> DistillResult:
     """Distil teacher files into a fresh ``student_arch``; evaluate Acc/ASR with the trigger stored
@@ -50,6 +51,7 @@ def distill_files(teacher_paths: list[str | Path], method: str, student_arch: st
         real_data = load_dataset(info.name, "train", data_dir)
     student = create_model(student_arch, num_classes=info.num_classes, in_channels=info.channels,
                            image_size=info.image_size)
+    channels_last, bf16 = speed_switches([t.model for t in teachers] + [student], dev, channels_last, bf16)
     distiller = create_distiller(method, [t.model for t in teachers], student, info, preset=preset,
                                  overrides=overrides, device=dev, seed=seed, defense=defense, real_data=real_data,
                                  teacher_weights=teacher_weights, channels_last=channels_last, bf16=bf16)

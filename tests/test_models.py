@@ -129,3 +129,15 @@ def test_zskt_paper_width():
     out = gen(torch.randn(4, 100))
     # affine BN output (train mode): roughly zero-mean, unit-variance per channel
     assert out.mean(dim=(0, 2, 3)).abs().max() < 1e-4
+
+
+def test_speed_switches_auto_on_for_batchnorm_convnets_only():
+    import torch
+
+    from fedabd.device import bf16_supported, speed_switches
+
+    cpu = torch.device("cpu")
+    assert speed_switches([create_model("lenet5", 10, 1, 28)], cpu) == (False, False)
+    cl, bf = speed_switches([create_model("wrn16_1", 10, 3, 32)], cpu)
+    assert cl is True and bf == bf16_supported(cpu)
+    assert speed_switches([create_model("wrn16_1", 10, 3, 32)], cpu, channels_last=False, bf16=False) == (False, False)
