@@ -16,7 +16,7 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def teacher_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("teachers")
-    res = invoke("train-teacher", "--attack", "clean,badnet_sq", "--epochs", "1", "--out", out, "--device", "cpu")
+    res = invoke("train-teacher", "--attack", "clean,badnet_sq", "--epochs", "3", "--out", out, "--device", "cpu")
     assert res.exit_code == 0, res.output
     return out
 
@@ -25,7 +25,7 @@ def test_train_teacher_writes_models_and_table(teacher_dir):
     for name in ("clean", "badnet_sq"):
         meta = json.loads((teacher_dir / f"{name}.json").read_text())
         assert meta["arch"]["name"] == "lenet5" and meta["dataset"]["name"] == "mnist_subset"
-        assert 0.8 < meta["metrics"]["acc"] <= 1.0
+        assert 0.85 < meta["metrics"]["acc"] <= 1.0
     assert json.loads((teacher_dir / "badnet_sq.json").read_text())["attack"]["name"] == "badnet_sq"
     table = (teacher_dir / "teachers.md").read_text()
     assert "| clean |" in table and "| badnet_sq |" in table
