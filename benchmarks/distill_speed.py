@@ -16,7 +16,6 @@ Teachers and students are randomly initialised: speed does not depend on what th
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform

@@ -219,10 +219,19 @@ def load_scenario(path: str | Path | None = None, overrides: dict | None = None)
 
 def scenario_from_run_config(run_config) -> ScenarioConfig:
     """A scenario from a Flower run config (``flwr run``'s ``[tool.flwr.app.config]`` and
-    ``--run-config``): ``scenario`` names a YAML file or a shipped scenario; every
-    other key is a scenario key, dashes allowed for underscores."""
+    ``--run-config``): ``scenario`` names a YAML file or a shipped scenario; ``overrides`` is a
+    comma-separated ``key=value`` list of scenario keys (Flower accepts only the keys declared in
+    pyproject, so the scenario's other keys travel in that one string); any other key is a
+    scenario key, dashes allowed for underscores."""
+    import yaml
+
     from .scenario_files import resolve_scenario
 
     values = {str(k).replace("-", "_"): v for k, v in dict(run_config).items()}
     name = values.pop("scenario", None) or None
+    for item in filter(None, (s.strip() for s in str(values.pop("overrides", "") or "").split(","))):
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise ConfigError(f"run config overrides: expected key=value, got {item!r}")
+        values[key.strip().replace("-", "_")] = yaml.safe_load(raw)
     return load_scenario(resolve_scenario(name) if name else None, values)

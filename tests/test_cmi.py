@@ -1,8 +1,6 @@
 """CMI distiller: losses on hand-made cases, wiring, defence hooks, ensemble, determinism, presets."""
 from __future__ import annotations
 
-import copy
-import dataclasses
 
 import pytest
 import torch

@@ -68,3 +68,14 @@ def test_loader_either_accepts_or_raises_config_error(tmp_path_factory, data):
     else:
         assert isinstance(cfg, ScenarioConfig)
         assert 0 <= cfg.malicious <= cfg.clients and cfg.alpha > 0
+
+
+def test_flower_run_config_with_overrides_string():
+    from fedabd.config import scenario_from_run_config
+
+    cfg = scenario_from_run_config({"scenario": "quickstart", "out": "/tmp/x",
+                                    "overrides": "clients=2, malicious=0,aggregator=fedavg,local-epochs=1"})
+    assert (cfg.name, cfg.clients, cfg.malicious, cfg.aggregator, cfg.local_epochs, cfg.out) == \
+        ("quickstart", 2, 0, "fedavg", 1, "/tmp/x")
+    with pytest.raises(ConfigError, match="key=value"):
+        scenario_from_run_config({"overrides": "clients"})

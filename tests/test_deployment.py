@@ -5,7 +5,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -46,8 +45,8 @@ def test_superlink_supernodes_flwr_run(tmp_path):
             start(f"supernode{i}", ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
                                     "--port", str(free_port()),
                                     "--node-config", f"partition-id={i} malicious={'true' if i == 1 else 'false'}"])
-        run_config = (f"clients=2 malicious=0 rounds=1 aggregator='fedavg' local-epochs=1 device='cpu' "
-                      f"out='{out}'")
+        run_config = (f"out='{out}' "
+                      "overrides='clients=2,malicious=0,rounds=1,aggregator=fedavg,local_epochs=1,device=cpu'")
         res = subprocess.run(["flwr", "run", str(ROOT), "local-test", "--run-config", run_config, "--stream"],
                              env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         state = out / "checkpoint" / "state.json"

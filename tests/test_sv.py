@@ -6,7 +6,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from fedabd.defenses.abd import sv as svmod
 from fedabd.defenses.abd import (SVConfig, ShufflingVaccine, build_shuffled_teacher, detector_report,

@@ -6,7 +6,10 @@ and :class:`DatasetInfo.normalize` maps to the models' normalised input space la
 """
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
 
 import torch
 
@@ -84,3 +87,29 @@ def to_float(images_u8: torch.Tensor) -> torch.Tensor:
 
 def to_uint8(images_float: torch.Tensor) -> torch.Tensor:
     return images_float.clamp(0, 1).mul(255.0).round().to(torch.uint8)
+
+
+def asset_path(name: str) -> Path:
+    """A file shipped in ``fedabd/data/assets``. Flower's ``flwr run`` puts a copy of the app's
+    source (without data files) first on ``sys.path``; then the installed package's copy is used."""
+    first = Path(str(resources.files("fedabd.data").joinpath("assets", name)))
+    if first.exists():
+        return first
+    import json
+    from importlib import metadata
+    from urllib.parse import unquote, urlparse
+
+    rel = Path("fedabd") / "data" / "assets" / name
+    candidates = [Path(entry) / rel for entry in sys.path]
+    try:
+        dist = metadata.distribution("fedabd")
+        candidates.append(Path(str(dist.locate_file(rel))))
+        direct = json.loads(dist.read_text("direct_url.json") or "{}")  # editable installs
+        if direct.get("url", "").startswith("file://"):
+            candidates.append(Path(unquote(urlparse(direct["url"]).path)) / rel)
+    except metadata.PackageNotFoundError:
+        pass
+    for candidate in candidates:
+        if candidate.exists():
+            return candidate
+    raise FileNotFoundError(f"shipped data file {name!r} is missing from the fedabd installation ({first})")

@@ -6,7 +6,6 @@ to the files) or a path to the user's own image file (anything Pillow can open).
 """
 from __future__ import annotations
 
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +37,9 @@ def _open_rgb(fp, label: str) -> torch.Tensor:
 def load_source_image(name: str = DEFAULT_IMAGE) -> torch.Tensor:
     """The source image as float ``(3, H, W)`` in ``[0, 1]`` (grayscale/alpha images become RGB)."""
     if name in SHIPPED_IMAGES:
-        ref = resources.files("fedabd.data").joinpath("assets", SHIPPED_IMAGES[name])
+        from .base import asset_path
+
+        ref = asset_path(SHIPPED_IMAGES[name])
         with ref.open("rb") as f:
             return _open_rgb(f, f"shipped image {name!r}")
     path = Path(name).expanduser()

@@ -6,7 +6,6 @@ and ``scripts/make_mnist_subset.py``.
 from __future__ import annotations
 
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +24,9 @@ INFO = DatasetInfo(
 
 @lru_cache(maxsize=1)
 def _arrays() -> dict[str, np.ndarray]:
-    ref = resources.files("fedabd.data").joinpath("assets", ASSET)
-    with ref.open("rb") as f, np.load(f, allow_pickle=False) as npz:
+    from ..base import asset_path
+
+    with open(asset_path(ASSET), "rb") as f, np.load(f, allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
     for a in arrays.values():
         a.setflags(write=False)
