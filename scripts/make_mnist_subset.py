@@ -16,7 +16,6 @@ Arrays stored (``np.savez_compressed``, no pickled objects):
 from __future__ import annotations
 
 import argparse
-import gzip
 from pathlib import Path
 
 import numpy as np
@@ -31,22 +30,13 @@ DEFAULT_OUT = Path(__file__).resolve().parents[1] / "fedabd" / "data" / "assets"
 
 
 def read_idx(folder: Path, stem: str) -> np.ndarray:
-    """Read an unsigned-byte IDX file, ``<stem>`` or ``<stem>.gz``."""
-    raw, gz = folder / stem, folder / f"{stem}.gz"
-    if raw.is_file():
-        data = raw.read_bytes()
-    elif gz.is_file():
-        data = gzip.decompress(gz.read_bytes())
-    else:
-        raise FileNotFoundError(f"neither {raw} nor {gz} exists")
-    if data[0] != 0 or data[1] != 0 or data[2] != 0x08:
-        raise ValueError(f"{stem}: not an unsigned-byte IDX file")
-    ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
-    if arr.size != int(np.prod(dims)):
-        raise ValueError(f"{stem}: expected {dims} values, found {arr.size}")
-    return arr.reshape(dims)
+    """Read an unsigned-byte IDX file, ``<stem>`` or ``<stem>.gz`` (fedabd's own IDX reader)."""
+    from fedabd.data.sets._torchvision import read_idx_u8
+
+    for path in (folder / stem, folder / f"{stem}.gz"):
+        if path.is_file():
+            return read_idx_u8(path)
+    raise FileNotFoundError(f"neither {folder / stem} nor {folder / stem}.gz exists")
 
 
 def draw(images: np.ndarray, labels: np.ndarray, per_class: int, rng: np.random.Generator):
