@@ -19,3 +19,17 @@ def tiny_set():
     images = torch.randint(0, 256, (64, 1, 28, 28), dtype=torch.uint8, generator=g)
     labels = torch.arange(64) % 10
     return ImageSet(images, labels, MNIST_LIKE)
+
+
+@pytest.fixture(scope="session")
+def mnist_clean_teacher():
+    """A clean LeNet-5 trained 3 epochs on the shipped subset, with (train, test) — shared, read-only,
+    by the slow end-to-end distillation tests."""
+    from fedabd.data import load_dataset
+    from fedabd.teachers import train_teacher
+    from fedabd.train import TrainConfig
+
+    train, test = load_dataset("mnist_subset", "train"), load_dataset("mnist_subset", "test")
+    teacher = train_teacher("mnist_subset", "lenet5", None, seed=0, cfg=TrainConfig(epochs=3), train=train, test=test)
+    assert teacher.metrics["acc"] > 0.93
+    return teacher, train, test

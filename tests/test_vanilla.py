@@ -144,15 +144,10 @@ def test_final_phase_hook_and_lr_reset():
 
 
 @pytest.mark.slow
-def test_mnist_end_to_end():
-    from fedabd.data import load_dataset
+def test_mnist_end_to_end(mnist_clean_teacher):
     from fedabd.metrics import evaluate
-    from fedabd.teachers import train_teacher
-    from fedabd.train import TrainConfig
 
-    train, test = load_dataset("mnist_subset", "train"), load_dataset("mnist_subset", "test")
-    teacher = train_teacher("mnist_subset", "lenet5", None, seed=0, cfg=TrainConfig(epochs=3), train=train, test=test)
-    assert teacher.metrics["acc"] > 0.93
+    teacher, train, test = mnist_clean_teacher
     torch.manual_seed(0)
     student = create_model("lenet5_half", 10, 1, 28)
     d = create_distiller("vanilla", teacher.model, student, train.info, overrides={"epochs": 30}, real_data=train)
