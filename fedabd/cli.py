@@ -109,13 +109,15 @@ def train_teacher_cmd(
                                         task, completed=s, total=n, info=f"epoch {m['epoch']} loss {m['loss']:.3f}"))
                 rows.append((name, res.metrics, time.perf_counter() - t0))
                 bar.update(task, info=f"Acc {pct(res.metrics['acc'])}  ASR {pct(res.metrics.get('asr'))}")
-        table = Table("teacher", "Acc %", "ASR %", "R-Acc %", "time s", title=f"{arch} teachers on {dataset} (seed {seed})")
-        for name, m, secs in rows:
-            table.add_row(name, pct(m["acc"]), pct(m.get("asr")), pct(m.get("r_acc")), f"{secs:.0f}")
+        from .report import markdown_table
+
+        headers = ["teacher", "Acc %", "ASR %", "R-Acc %"]
+        cells = [[n, pct(m["acc"]), pct(m.get("asr")), pct(m.get("r_acc"))] for n, m, _ in rows]
+        table = Table(*headers, "time s", title=f"{arch} teachers on {dataset} (seed {seed})")
+        for row, (_, _, secs) in zip(cells, rows):
+            table.add_row(*row, f"{secs:.0f}")
         console.print(table)
-        lines = ["| teacher | Acc % | ASR % | R-Acc % |", "|---|---|---|---|"]
-        lines += [f"| {n} | {pct(m['acc'])} | {pct(m.get('asr'))} | {pct(m.get('r_acc'))} |" for n, m, _ in rows]
-        (out / "teachers.md").write_text("\n".join(lines) + "\n")
+        (out / "teachers.md").write_text(markdown_table(headers, cells))
         console.print(f"saved to {out}/")
 
 
@@ -227,8 +229,7 @@ def run_scenario(cfg, resume: bool = False, title: str = "") -> list[dict]:
     import shutil
     for suffix in (".safetensors", ".json"):
         shutil.copyfile(ckpt / f"global{suffix}", out / f"global{suffix}")
-    run.rows = rows
-    run._write_csv()
+    run.rewrite(rows)
     run.write_json("metrics.json", rows)
     plot_curves(rows, "round", None, out / "acc_asr.png", title=table.title)
     last = rows[-1]
@@ -311,16 +312,16 @@ def simulate_cmd(
                 over["abd"] = "none"
             variants[name] = validate(replace(cfg, **over), f"--compare {name}")
         results = {name: run_scenario(v, title=f"{cfg.name}: {name}") for name, v in variants.items()}
-        table = Table("aggregator", *[f"round {r['round']} Acc/ASR %" for r in next(iter(results.values()))],
-                      title=f"{cfg.name}: comparison")
-        for name, rows in results.items():
-            table.add_row(name, *[f"{pct(r['acc'])} / {pct(r.get('asr'))}" for r in rows])
+        from .report import markdown_table
+
+        headers = ["aggregator", *[f"round {r['round']} Acc / ASR %" for r in next(iter(results.values()))]]
+        cells = [[n, *[f"{pct(r['acc'])} / {pct(r.get('asr'))}" for r in rows]] for n, rows in results.items()]
+        table = Table(*headers, title=f"{cfg.name}: comparison")
+        for row in cells:
+            table.add_row(*row)
         console.print(table)
         plot_curves([], "round", results, Path(cfg.out) / "compare.png", title=f"{cfg.name}: Acc and ASR per round")
-        from .report import markdown_table
-        (Path(cfg.out) / "compare.md").write_text(markdown_table(
-            ["aggregator", *[f"round {r['round']} Acc / ASR %" for r in next(iter(results.values()))]],
-            [[n, *[f"{pct(r['acc'])} / {pct(r.get('asr'))}" for r in rows]] for n, rows in results.items()]))
+        (Path(cfg.out) / "compare.md").write_text(markdown_table(headers, cells))
         console.print(f"comparison plot: {Path(cfg.out) / 'compare.png'}")
 
 

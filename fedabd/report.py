@@ -32,6 +32,12 @@ class RunDir:
             f.write(json.dumps(row, default=float) + "\n")
         self._write_csv()
 
+    def rewrite(self, rows: list[dict]) -> None:
+        """Replace the rows (e.g. the final, complete list after a resumed run) in both files."""
+        self.rows = list(rows)
+        atomic_write_text(self.jsonl, "".join(json.dumps(r, default=float) + "\n" for r in self.rows))
+        self._write_csv()
+
     def _write_csv(self) -> None:
         keys: list[str] = []
         for r in self.rows:
