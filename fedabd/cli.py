@@ -123,14 +123,14 @@ def train_teacher_cmd(
 
 def _parse_settings(values: list[str] | None, what: str) -> dict:
     """``key=value`` pairs (values parsed as YAML scalars) -> dict."""
-    import yaml
+    from .config import yaml_load
 
     out = {}
     for item in values or []:
         if "=" not in item:
             raise ValueError(f"{what}: expected key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml.safe_load(raw)
+        out[key.strip()] = yaml_load(raw)
     return out
 
 

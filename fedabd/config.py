@@ -6,6 +6,7 @@ file, raised before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -13,6 +14,21 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but ``1e-3`` is a float (YAML 1.2) rather than a string (YAML 1.1)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    """Parse YAML text safely (never constructs Python objects); exponent floats without a dot allowed."""
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
 AGGREGATORS = ("distill", "fedavg", "multikrum", "fedmedian", "fedtrimmedavg")
 ABD_PARTS = ("none", "sv", "sr", "sv+sr")
@@ -192,7 +208,7 @@ def read_yaml(path: str | Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"{path}: scenario file not found")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed YAML: {e}") from None
     if data is None:
@@ -223,8 +239,6 @@ def scenario_from_run_config(run_config) -> ScenarioConfig:
     comma-separated ``key=value`` list of scenario keys (Flower accepts only the keys declared in
     pyproject, so the scenario's other keys travel in that one string); any other key is a
     scenario key, dashes allowed for underscores."""
-    import yaml
-
     from .scenario_files import resolve_scenario
 
     values = {str(k).replace("-", "_"): v for k, v in dict(run_config).items()}
@@ -233,5 +247,5 @@ def scenario_from_run_config(run_config) -> ScenarioConfig:
         key, sep, raw = item.partition("=")
         if not sep:
             raise ConfigError(f"run config overrides: expected key=value, got {item!r}")
-        values[key.strip().replace("-", "_")] = yaml.safe_load(raw)
+        values[key.strip().replace("-", "_")] = yaml_load(raw)
     return load_scenario(resolve_scenario(name) if name else None, values)

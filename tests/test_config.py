@@ -3,7 +3,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedabd.config import FIELDS, ConfigError, ScenarioConfig, load_scenario
+from fedabd.config import FIELDS, ConfigError, ScenarioConfig, load_scenario, scenario_from_run_config
 
 
 def write(tmp_path, data, name="s.yaml"):
@@ -16,6 +16,15 @@ def test_defaults_are_valid_and_flags_override_file(tmp_path):
     p = write(tmp_path, {"clients": 6, "malicious": 1, "kd": "zskt"})
     cfg = load_scenario(p, {"malicious": 2, "rounds": None})
     assert (cfg.clients, cfg.malicious, cfg.kd, cfg.rounds) == (6, 2, "zskt", ScenarioConfig().rounds)
+
+
+def test_exponent_floats_without_a_dot_are_numbers_in_files_and_flags(tmp_path):
+    # PyYAML's YAML 1.1 would read 1e-3 as the string "1e-3"; users write it that way
+    p = write(tmp_path, "kd: zskt\nlocal_lr: 5e-2\nkd_overrides: {s_lr: 1e-3, sr_lr: 2E-4}\n")
+    cfg = load_scenario(p, {})
+    assert cfg.local_lr == 0.05 and cfg.kd_overrides == {"s_lr": 0.001, "sr_lr": 0.0002}
+    cfg = scenario_from_run_config({"overrides": "local_lr=3e-2"})
+    assert cfg.local_lr == 0.03
 
 
 @pytest.mark.parametrize("data, needle", [

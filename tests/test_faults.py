@@ -1,0 +1,130 @@
+"""Faults tried on real Flower simulations: a client hanging past the timeout, a round left with too
+few usable clients, and a `fedabd simulate` process killed mid-round and resumed (slow: Ray starts
+for each run)."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+
+from fedabd.server.app import RoundFailed
+from fedabd.server.simulation import simulate
+from .test_simulation import scenario
+
+# Generous against a loaded 2-core machine: honest clients here train one epoch on ~3k images.
+HANG_TIMEOUT = 60.0
+
+
+def faulty_app(cfg, fault):
+    """The standard ClientApp with ``fault(pid, round)`` run before each client's training."""
+    from fedabd.clients.app import make_client_app
+
+    honest = make_client_app(cfg)
+    app = ClientApp()
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        fault(int(context.node_config["partition-id"]), int(msg.content["config"]["server-round"]))
+        return honest(msg, context)
+
+    return app
+
+
+@pytest.mark.slow
+def test_a_client_hanging_past_the_timeout_is_reported_missing_and_the_round_completes(tmp_path):
+    cfg = scenario(tmp_path, clients=3, rounds=2, client_timeout=HANG_TIMEOUT)
+    release = tmp_path / "release"
+
+    def hang(pid, rnd):
+        if pid == 1 and rnd == 2:  # hangs until the server has finished the round without it
+            deadline = time.monotonic() + 10 * HANG_TIMEOUT
+            while not release.exists() and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    def on_round(row):
+        if row["round"] == 2:
+            release.touch()
+
+    t0 = time.monotonic()
+    rows = simulate(cfg, on_round=on_round, client_app=faulty_app(cfg, hang))
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[1]["clients"] == [0, 1, 2] and rows[1]["missing"] == []
+    assert rows[2]["clients"] == [0, 2] and rows[2]["missing"] == ["1"] and rows[2]["failed"] == {}
+    assert rows[2]["seconds"] >= HANG_TIMEOUT  # the server waited for the timeout, not for ever
+    assert time.monotonic() - t0 < 8 * HANG_TIMEOUT
+
+
+@pytest.mark.slow
+def test_too_few_usable_clients_fails_the_round_clearly_and_keeps_completed_rounds(tmp_path):
+    cfg = scenario(tmp_path, clients=3, rounds=3, min_clients=2)
+
+    def crash(pid, rnd):
+        if rnd == 2 and pid != 2:
+            raise RuntimeError(f"client {pid} lost its disk")
+
+    with pytest.raises(RoundFailed) as info:
+        simulate(cfg, client_app=faulty_app(cfg, crash))
+    msg = str(info.value)
+    assert "round 2: only 1 usable client model(s), min_clients is 2" in msg
+    assert "failed: ['0', '1']" in msg and "rounds up to 1 are saved" in msg
+    state = json.loads((tmp_path / "run" / "checkpoint" / "state.json").read_text())
+    assert state["round"] == 1 and [r["round"] for r in state["rows"]] == [0, 1]
+
+
+def _cli(*args, **kw):
+    env = dict(os.environ, COLUMNS="120")
+    return subprocess.Popen([sys.executable, "-m", "fedabd.cli", "simulate", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+def _checkpointed_round(out) -> int:
+    try:
+        return json.loads((out / "checkpoint" / "state.json").read_text())["round"]
+    except (FileNotFoundError, json.JSONDecodeError, KeyError):
+        return -1
+
+
+@pytest.mark.slow
+def test_a_run_killed_mid_round_and_resumed_ends_like_an_uninterrupted_one(tmp_path):
+    spec = {"clients": 3, "malicious": 1, "rounds": 3, "local_epochs": 1, "kd": "zskt",
+            "kd_overrides": {"pseudo_batches": 40, "batch_size": 32, "student_steps_per_pb": 2, "generator_width": 8},
+            "device": "cpu", "seed": 3}
+    file = tmp_path / "scenario.yaml"
+    file.write_text(yaml.safe_dump(spec))
+    full, cut = tmp_path / "full", tmp_path / "cut"
+
+    proc = _cli("--scenario", str(file), "--out", str(cut), start_new_session=True)
+    deadline = time.monotonic() + 600
+    while _checkpointed_round(cut) < 1:
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.monotonic() < deadline, "round 1 never completed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # the whole session: the CLI and its Ray processes
+    proc.wait()
+    proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL
+    assert _checkpointed_round(cut) == 1  # killed during round 2
+    assert not (cut / "metrics.json").exists()
+
+    resumed = _cli("--resume", str(cut))
+    out, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, out
+    assert "resuming" in out.lower() or "(resumed)" in out
+    reference = _cli("--scenario", str(file), "--out", str(full))
+    ref_out, _ = reference.communicate(timeout=600)
+    assert reference.returncode == 0, ref_out
+
+    def metrics(run):
+        rows = json.loads((run / "metrics.json").read_text())
+        return [{k: v for k, v in r.items() if k not in ("seconds", "distill_seconds", "resumed")} for r in rows]
+
+    assert [r["round"] for r in metrics(cut)] == [0, 1, 2, 3]
+    assert metrics(cut) == metrics(full)
+    jsonl = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in jsonl] == [0, 1, 2, 3]  # no duplicated or lost round in the run log
