@@ -339,6 +339,9 @@ def reproduce_cmd(
     student: Annotated[Optional[str], typer.Option(help="Default: lenet5_half (wrn16_1 for 3-channel data).")] = None,
     teacher_epochs: Annotated[int, typer.Option(min=1)] = 12,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Method setting, method.key=value (repeatable).")] = None,
+    sv: Annotated[Optional[list[str]], typer.Option(help="Shuffling Vaccine setting, key=value (repeatable).")] = None,
+    sr: Annotated[Optional[list[str]], typer.Option(help="Self-Retrospection setting, key=value (repeatable).")] = None,
+    jobs: Annotated[int, typer.Option(min=1, help="Worker processes running cells side by side (CPU: up to the cores).")] = 1,
     device: Annotated[str, typer.Option()] = "auto",
     data_dir: Annotated[Optional[str], typer.Option()] = None,
 ) -> None:
@@ -353,7 +356,7 @@ def reproduce_cmd(
         attacks = ATTACKS.names() if attack == "all" else _split_names(attack, ATTACKS)
         kds = _split_names(kd, DISTILLERS)
         variants = [v.strip() for v in abd.split(",") if v.strip()]
-        from .defenses import DEFENSES
+        from .defenses import DEFENSES, build_defense
         for v in variants:
             if v not in DEFENSES:
                 raise ValueError(f"unknown defence {v!r}; choose from {', '.join(DEFENSES)}")
@@ -368,7 +371,9 @@ def reproduce_cmd(
                     ablation_top=ablation, dataset=dataset,
                     teacher_arch=teacher_arch or ("wrn16_2" if rgb else "lenet5"),
                     student=student or ("wrn16_1" if rgb else "lenet5_half"), teacher_epochs=teacher_epochs,
-                    preset=preset, overrides=overrides, device=device, data_dir=data_dir)
+                    preset=preset, overrides=overrides, device=device, data_dir=data_dir,
+                    sv=_parse_settings(sv, "--sv"), sr=_parse_settings(sr, "--sr"), jobs=jobs)
+        build_defense("sv+sr", sv=plan.sv, sr=plan.sr)  # bad ABD settings fail before any work
         command = "fedabd " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else "fedabd reproduce ..."
         with progress_bar() as bar:
             jobs = bar.add_task("jobs", total=None, info="")

@@ -47,6 +47,9 @@ class Plan:
     overrides: dict = field(default_factory=dict)  # method -> {setting: value}
     device: str = "auto"
     data_dir: str | None = None
+    sv: dict = field(default_factory=dict)  # ABD setting overrides (all methods)
+    sr: dict = field(default_factory=dict)
+    jobs: int = 1                           # worker processes (cells run side by side)
 
 
 def teacher_path(plan: Plan, seed: int, attack: str) -> Path:
@@ -62,10 +65,19 @@ def _done(path: Path) -> bool:
 
 
 Notify = Callable[[str, int, int], None]
+Job = tuple[int, str, str, str]  # seed, attack, method, defence
 
 
-def run_plan(plan: Plan, notify: Notify | None = None, progress=None) -> dict:
-    """Run every missing job of the plan; returns the collected results."""
+def _job_name(job: Job) -> str:
+    seed, attack, kd, defense = job
+    return f"{attack} seed {seed}: {kd}{'' if defense == 'none' else ' + ' + defense}"
+
+
+def run_job(plan: Plan, job: Job, progress=None, threads: int = 0) -> None:
+    """One cell of the table: train the teacher if its file is missing, then distil it.
+    ``threads > 0`` sets torch's intra-op threads (parallel workers share the cores)."""
+    import torch
+
     from .artifacts import model_paths
     from .data import load_dataset
     from .defenses import build_defense
@@ -73,40 +85,71 @@ def run_plan(plan: Plan, notify: Notify | None = None, progress=None) -> dict:
     from .teachers import train_teacher
     from .train import TrainConfig
 
+    if threads > 0:
+        torch.set_num_threads(threads)
+    seed, attack, kd, defense = job
+    target = job_dir(plan, seed, attack, kd, defense)
+    if _done(target):
+        return
+    train = load_dataset(plan.dataset, "train", plan.data_dir)
+    test = load_dataset(plan.dataset, "test", plan.data_dir)
+    tpath = teacher_path(plan, seed, attack)
+    if not model_paths(tpath)[1].exists():
+        train_teacher(plan.dataset, plan.teacher_arch, attack, seed=seed, cfg=TrainConfig(epochs=plan.teacher_epochs),
+                      device=plan.device if plan.device != "auto" else _auto(), out=tpath, train=train, test=test)
+    distill_files([model_paths(tpath)[0]], kd, plan.student, target, preset=plan.preset,
+                  overrides=plan.overrides.get(kd), defense=build_defense(defense, sv=plan.sv, sr=plan.sr),
+                  defense_name=defense, seed=seed, device=plan.device, test=test,
+                  real_data=train if kd == "vanilla" else None, progress=progress)
+
+
+def _run_all(plan: Plan, jobs: list[Job], on_done: Callable[[Job], None], notify: Notify | None, progress) -> None:
+    """Run ``jobs`` (missing ones only) one after another, or in ``plan.jobs`` worker processes."""
+    todo = [j for j in jobs if not _done(job_dir(plan, *j))]
+    if plan.jobs <= 1 or len(todo) <= 1:
+        for i, job in enumerate(todo, 1):
+            if notify:
+                notify(_job_name(job), i, len(todo))
+            run_job(plan, job, progress)
+            on_done(job)
+        return
+    import multiprocessing
+    import os
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    threads = max(1, (os.cpu_count() or 1) // plan.jobs)
+    # a teacher is trained by the first job that needs it: one job per teacher first, then the rest
+    first, seen = [], set()
+    for job in todo:
+        if job[:2] not in seen:
+            seen.add(job[:2])
+            first.append(job)
+    rest = [j for j in todo if j not in first]
+    done = 0
+    with ProcessPoolExecutor(plan.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        for batch in (first, rest):
+            running = {pool.submit(run_job, plan, job, None, threads): job for job in batch}
+            while running:
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    job = running.pop(fut)
+                    fut.result()  # a failed job stops the reproduction (finished jobs stay done)
+                    done += 1
+                    if notify:
+                        notify(f"done: {_job_name(job)}", done + 1, len(todo) + 1)
+                    on_done(job)
+
+
+def run_plan(plan: Plan, notify: Notify | None = None, progress=None,
+             on_done: Callable[[Job], None] | None = None) -> dict:
+    """Run every missing job of the plan; returns the collected results.
+    ``on_done(job)`` is called after each job (e.g. to rewrite the results page)."""
     plan.out.mkdir(parents=True, exist_ok=True)
     (plan.out / "plan.json").write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v)
                                                     for k, v in plan.__dict__.items()}, indent=2))
-    train = load_dataset(plan.dataset, "train", plan.data_dir)
-    test = load_dataset(plan.dataset, "test", plan.data_dir)
-    jobs = main_jobs(plan)
-    total = len(jobs) + len(plan.seeds) * min(plan.ablation_top, len(plan.attacks)) * \
-        len([k for k in plan.kds if k != "vanilla"]) * 2
-    count = 0
-
-    def do(seed: int, attack: str, kd: str, defense: str) -> None:
-        nonlocal count
-        count += 1
-        target = job_dir(plan, seed, attack, kd, defense)
-        if _done(target):
-            return
-        tpath = teacher_path(plan, seed, attack)
-        if not model_paths(tpath)[1].exists():
-            if notify:
-                notify(f"teacher {attack} seed {seed}", count, total)
-            train_teacher(plan.dataset, plan.teacher_arch, attack, seed=seed, cfg=TrainConfig(epochs=plan.teacher_epochs),
-                          device=plan.device if plan.device != "auto" else _auto(), out=tpath, train=train, test=test)
-        if notify:
-            notify(f"{attack} seed {seed}: {kd}{'' if defense == 'none' else ' + ' + defense}", count, total)
-        distill_files([model_paths(tpath)[0]], kd, plan.student, target, preset=plan.preset,
-                      overrides=plan.overrides.get(kd), defense=build_defense(defense), defense_name=defense,
-                      seed=seed, device=plan.device, test=test, real_data=train if kd == "vanilla" else None,
-                      progress=progress)
-
-    for job in jobs:
-        do(*job)
-    results = collect(plan)
-    for job in ablation_jobs(plan, results):
-        do(*job)
+    callback = on_done or (lambda job: None)
+    _run_all(plan, main_jobs(plan), callback, notify, progress)
+    _run_all(plan, ablation_jobs(plan, collect(plan)), callback, notify, progress)
     return collect(plan)
 
 
@@ -115,7 +158,7 @@ def _auto() -> str:
     return str(resolve_device("auto"))
 
 
-def main_jobs(plan: Plan) -> list[tuple[int, str, str, str]]:
+def main_jobs(plan: Plan) -> list[Job]:
     jobs = []
     for seed in plan.seeds:
         for attack in ["clean", *[a for a in plan.attacks if a != "clean"]]:
@@ -136,7 +179,7 @@ def transferring(plan: Plan, results: dict) -> list[str]:
     return sorted(scores, key=scores.get, reverse=True)
 
 
-def ablation_jobs(plan: Plan, results: dict) -> list[tuple[int, str, str, str]]:
+def ablation_jobs(plan: Plan, results: dict) -> list[Job]:
     top = [a for a in transferring(plan, results) if a != "clean"][:plan.ablation_top]
     return [(s, a, kd, d) for s in plan.seeds for a in top for kd in plan.kds if kd != "vanilla" for d in ("sv", "sr")]
 
@@ -190,7 +233,7 @@ def _fmt(entry: dict | None) -> str:
     return s
 
 
-def results_page(plan: Plan, results: dict, command: str, seconds: float) -> str:
+def results_page(plan: Plan, results: dict, command: str, seconds: float, pending: int = 0) -> str:
     kds = [k for k in plan.kds if k != "vanilla"]
     cols = ["teacher"] + (["vanilla KD"] if "vanilla" in plan.kds else [])
     for kd in kds:
@@ -207,10 +250,12 @@ def results_page(plan: Plan, results: dict, command: str, seconds: float) -> str
         rows.append(r)
     n_seeds = len(plan.seeds)
     lines = [f"# Reproduction: data-free KD of poisoned teachers, with and without ABD ({plan.dataset})", "",
-             f"Command: `{command}`  ", f"Run time: {seconds / 60:.1f} min on this machine (2 CPU cores); "
+             f"Command: `{command}`  ", f"Run time: {seconds / 60:.1f} min on this machine (2 CPU cores, {plan.jobs} worker process(es)); "
              f"seeds: {', '.join(map(str, plan.seeds))}; teacher {plan.teacher_arch} ({plan.teacher_epochs} epochs), "
              f"student {plan.student}, method preset `{plan.preset}`"
-             + (f", overrides `{json.dumps(plan.overrides)}`" if plan.overrides else "") + ".", "",
+             + (f", overrides `{json.dumps(plan.overrides)}`" if plan.overrides else "")
+             + (f", ABD settings `{json.dumps({'sv': plan.sv, 'sr': plan.sr})}`" if plan.sv or plan.sr else "") + ".", "",
+             *([f"**In progress: {pending} job(s) still to run** (re-run the command to resume).", ""] if pending else []),
              f"Cells: Acc / ASR in %, mean{'±std over ' + str(n_seeds) + ' seeds' if n_seeds > 1 else ' (one seed)'}.", "",
              markdown_table(["attack", *cols], rows)]
     top = [a for a in transferring(plan, results) if a != "clean"][:plan.ablation_top]
@@ -256,20 +301,32 @@ def results_page(plan: Plan, results: dict, command: str, seconds: float) -> str
     return "\n".join(lines)
 
 
-def write_page(plan: Plan, results: dict, command: str, seconds: float) -> Path:
+def write_page(plan: Plan, results: dict, command: str, seconds: float, pending: int = 0) -> Path:
     page = plan.out / "RESULTS.md"
-    page.write_text(results_page(plan, results, command, seconds))
+    page.write_text(results_page(plan, results, command, seconds, pending))
     (plan.out / "results.json").write_text(json.dumps({"|".join(k): v for k, v in results.items()}, indent=2))
     return page
 
 
 def timed_run(plan: Plan, command: str, notify: Notify | None = None, progress=None) -> Path:
+    """Run the plan; the results page is rewritten after every finished job, so an interrupted
+    reproduction still shows what it has (and re-running the command resumes it)."""
     t0 = time.perf_counter()
     state_file = plan.out / "elapsed.json"
     before = json.loads(state_file.read_text())["seconds"] if state_file.exists() else 0.0
     plan.out.mkdir(parents=True, exist_ok=True)
+
+    def elapsed() -> float:
+        return before + time.perf_counter() - t0
+
+    def on_done(job: Job) -> None:
+        state_file.write_text(json.dumps({"seconds": elapsed()}))
+        results = collect(plan)
+        pending = [j for j in main_jobs(plan) + ablation_jobs(plan, results) if not _done(job_dir(plan, *j))]
+        write_page(plan, results, command, elapsed(), pending=len(pending))
+
     try:
-        results = run_plan(plan, notify, progress)
+        results = run_plan(plan, notify, progress, on_done)
     finally:
-        state_file.write_text(json.dumps({"seconds": before + time.perf_counter() - t0}))
-    return write_page(plan, results, command, before + time.perf_counter() - t0)
+        state_file.write_text(json.dumps({"seconds": elapsed()}))
+    return write_page(plan, results, command, elapsed())

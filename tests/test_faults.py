@@ -18,7 +18,7 @@ from fedabd.server.simulation import simulate
 from .test_simulation import scenario
 
 # Generous against a loaded 2-core machine: honest clients here train one epoch on ~3k images.
-HANG_TIMEOUT = 60.0
+HANG_TIMEOUT = 90.0
 
 
 def faulty_app(cfg, fault):
