@@ -186,7 +186,7 @@ def _round_table(title: str) -> Table:
 
 
 def _add_round(table: Table, row: dict) -> None:
-    excluded = [*row.get("failed", []), *row.get("missing", []), *row.get("rejected", {})]
+    excluded = [f"{who} {why}" for why in ("failed", "missing", "rejected", "offline") for who in row.get(why, [])]
     table.add_row(str(row["round"]) + (" (resumed)" if row.get("resumed") else ""), pct(row["acc"]),
                   pct(row.get("asr")), pct(row.get("r_acc")), ",".join(map(str, row.get("clients", []))) or "-",
                   ",".join(map(str, row.get("malicious", []))) or "-", ",".join(map(str, excluded)) or "-",

@@ -72,14 +72,20 @@ def run_rounds(grid: Grid, cfg: ScenarioConfig, on_round: RoundCallback | None =
     for rnd in range(start, cfg.rounds + 1):
         t0 = time.perf_counter()
         random.seed(fed.derive_seed(cfg.seed, rnd, 5))  # Flower samples nodes with the global `random`
+        if hasattr(strategy, "min_available_nodes"):
+            # the first round waits for every client to connect; later ones go on without departed nodes
+            strategy.min_available_nodes = cfg.clients if rnd == start else cfg.min_clients
+        connected = set(grid.get_node_ids())
+        offline = sorted(n for n in node_pid if n not in connected)  # seen in earlier rounds, gone now
         messages = list(strategy.configure_train(rnd, ArrayRecord(state), ConfigRecord(), grid))
         sent = {m.metadata.dst_node_id for m in messages}
         replies = list(grid.send_and_receive(messages, timeout=cfg.client_timeout))
-        answered = {m.metadata.src_node_id for m in replies}
-        failed = {}
-        for m in replies:
-            if m.has_error():
-                failed[m.metadata.src_node_id] = m.error.reason
+        # the grid gives sent messages their ids; a reply names the message it answers. A SuperLink's
+        # own error reply (e.g. node unavailable) comes from the SuperLink, not from the node.
+        dst = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        node_of = lambda m: dst.get(m.metadata.reply_to_message_id, m.metadata.src_node_id)  # noqa: E731
+        answered = {node_of(m) for m in replies}
+        failed = {node_of(m): m.error.reason for m in replies if m.has_error()}
         missing = sorted(sent - answered)
         uploads, good_msgs, rejected = [], {}, {}
         for m in replies:
@@ -88,9 +94,9 @@ def run_rounds(grid: Grid, cfg: ScenarioConfig, on_round: RoundCallback | None =
             try:
                 up = upload_from_message(m)
             except ValueError as e:
-                rejected[f"node {m.metadata.src_node_id}"] = str(e)
+                rejected[f"node {node_of(m)}"] = str(e)
                 continue
-            node_pid[m.metadata.src_node_id] = up.pid
+            node_pid[node_of(m)] = up.pid
             uploads.append(up)
             good_msgs[up.pid] = m
         valid, bad = fed.screen_uploads(cfg, info, uploads)
@@ -100,6 +106,7 @@ def run_rounds(grid: Grid, cfg: ScenarioConfig, on_round: RoundCallback | None =
             raise RoundFailed(
                 f"round {rnd}: only {len(valid)} usable client model(s), min_clients is {cfg.min_clients} "
                 f"(failed: {sorted(map(name, failed))}, missing: {[name(n) for n in missing]}, "
+                f"offline: {[name(n) for n in offline]}, "
                 f"rejected: {rejected}); rounds up to {rnd - 1} are saved in {ckpt.dir}")
         arrays, _ = strategy.aggregate_train(rnd, [good_msgs[u.pid] for u in valid])
         state = arrays.to_torch_state_dict()
@@ -107,7 +114,7 @@ def run_rounds(grid: Grid, cfg: ScenarioConfig, on_round: RoundCallback | None =
         row = {"round": rnd, **metrics, "clients": [u.pid for u in valid],
                "malicious": sorted(u.pid for u in valid if u.metrics.get("malicious")),
                "failed": {name(n): reason for n, reason in sorted(failed.items())},
-               "missing": [name(n) for n in missing],
+               "missing": [name(n) for n in missing], "offline": [name(n) for n in offline],
                "rejected": rejected, "seconds": round(time.perf_counter() - t0, 2)}
         if isinstance(strategy, DistillStrategy):
             row["distill_seconds"] = round(strategy.last_info.get("distill_seconds", 0.0), 2)
