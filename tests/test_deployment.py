@@ -1,8 +1,10 @@
-"""The Deployment Engine: a SuperLink and two SuperNodes on 127.0.0.1 run one round of the same apps
-(one node flagged malicious through --node-config), started with `flwr run`."""
+"""The Deployment Engine: a SuperLink and SuperNodes on 127.0.0.1 run the same apps, started with
+`flwr run`: one round with a node flagged malicious through --node-config, and a run in which a
+SuperNode is killed mid-run."""
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -19,53 +21,111 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower's CLI is not installed")
-def test_superlink_supernodes_flwr_run(tmp_path):
-    env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr"), FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1",
-               FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1", FLWR_LOG_LEVEL="INFO", OMP_NUM_THREADS="1")
-    port = free_port()
-    (tmp_path / "flwr").mkdir()
-    (tmp_path / "flwr" / "config.toml").write_text(
-        f'[superlink.local-test]\naddress = "127.0.0.1:{port}"\ninsecure = true\n')
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    procs = []
+NEEDS_FLOWER_CLI = pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower's CLI is not installed")
 
-    def start(name, args):
-        f = open(logs / f"{name}.log", "w")
-        procs.append((subprocess.Popen(args, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=tmp_path), f))
 
-    out = tmp_path / "run"
-    try:
-        start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(port),
-                            "--database", str(tmp_path / "state.db")])
+class Federation:
+    """A SuperLink and SuperNodes on 127.0.0.1 (processes in their own sessions, logs in tmp)."""
+
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.env = dict(os.environ, FLWR_HOME=str(tmp_path / "flwr"), FLWR_TELEMETRY_ENABLED="0",
+                        FLWR_DISABLE_UPDATE_CHECK="1", FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+                        FLWR_LOG_LEVEL="INFO", OMP_NUM_THREADS="1")
+        self.port = free_port()
+        (tmp_path / "flwr").mkdir()
+        (tmp_path / "flwr" / "config.toml").write_text(
+            f'[superlink.local-test]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n')
+        self.logs = tmp_path / "logs"
+        self.logs.mkdir()
+        self.procs: dict[str, tuple[subprocess.Popen, object]] = {}
+
+    def start(self, name, args):
+        f = open(self.logs / f"{name}.log", "w")
+        self.procs[name] = (subprocess.Popen(args, env=self.env, stdout=f, stderr=subprocess.STDOUT, cwd=self.tmp,
+                                             start_new_session=True), f)
+
+    def __enter__(self):
+        self.start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+                                 "--database", str(self.tmp / "state.db")])
         time.sleep(3)
-        for i in range(2):
-            start(f"supernode{i}", ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{port}",
-                                    "--port", str(free_port()),
-                                    "--node-config", f"partition-id={i} malicious={'true' if i == 1 else 'false'}"])
-        run_config = (f"out='{out}' "
-                      "overrides='clients=2,malicious=0,rounds=1,aggregator=fedavg,local_epochs=1,device=cpu'")
-        res = subprocess.run(["flwr", "run", str(ROOT), "local-test", "--run-config", run_config, "--stream"],
-                             env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-        state = out / "checkpoint" / "state.json"
-        for _ in range(60):  # the stream may end a moment before the checkpoint is renamed in
-            if state.exists():
-                break
-            time.sleep(1)
-        assert state.exists(), res.stdout[-3000:] + res.stderr[-3000:] + "".join(
-            p.read_text()[-2000:] for p in logs.iterdir())
-        rows = json.loads(state.read_text())["rows"]
-        assert rows[-1]["round"] == 1 and sorted(rows[-1]["clients"]) == [0, 1]
-        assert rows[-1]["malicious"] == [1]  # the node flag, not the scenario (malicious=0), decided
-        assert 0.0 <= rows[-1]["acc"] <= 1.0
-    finally:
-        for p, f in procs:
-            p.terminate()
-        for p, f in procs:
+        return self
+
+    def supernode(self, pid, malicious=False):
+        self.start(f"supernode{pid}", ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+                                       "--port", str(free_port()),
+                                       "--node-config", f"partition-id={pid} malicious={str(malicious).lower()}"])
+
+    def kill(self, name):
+        os.killpg(self.procs[name][0].pid, signal.SIGKILL)
+
+    def flwr_run(self, out, overrides):
+        return subprocess.Popen(["flwr", "run", str(ROOT), "local-test", "--stream", "--run-config",
+                                 f"out='{out}' overrides='{overrides}'"], env=self.env, cwd=self.tmp,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+    def logs_text(self):
+        return "".join(p.read_text()[-2000:] for p in self.logs.iterdir())
+
+    def __exit__(self, *exc):
+        for p, f in self.procs.values():
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p, f in self.procs.values():
             try:
                 p.wait(timeout=20)
             except subprocess.TimeoutExpired:
-                p.kill()
+                os.killpg(p.pid, signal.SIGKILL)
             f.close()
+
+
+def checkpoint(out, at_least=1, wait=60):
+    """The run's checkpoint once it holds round >= at_least (the stream may end a moment before the
+    checkpoint is renamed in), else None."""
+    state = out / "checkpoint" / "state.json"
+    for _ in range(int(wait / 0.05)):
+        try:
+            data = json.loads(state.read_text())
+            if data["round"] >= at_least:
+                return data
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    return None
+
+
+@pytest.mark.slow
+@NEEDS_FLOWER_CLI
+def test_superlink_supernodes_flwr_run(tmp_path):
+    out = tmp_path / "run"
+    with Federation(tmp_path) as fed:
+        for i in range(2):
+            fed.supernode(i, malicious=i == 1)
+        run = fed.flwr_run(out, "clients=2,malicious=0,rounds=1,aggregator=fedavg,local_epochs=1,device=cpu")
+        stdout, _ = run.communicate(timeout=600)
+        state = checkpoint(out)
+        assert state is not None, stdout[-3000:] + fed.logs_text()
+        rows = state["rows"]
+        assert rows[-1]["round"] == 1 and sorted(rows[-1]["clients"]) == [0, 1]
+        assert rows[-1]["malicious"] == [1]  # the node flag, not the scenario (malicious=0), decided
+        assert 0.0 <= rows[-1]["acc"] <= 1.0
+
+
+@pytest.mark.slow
+@NEEDS_FLOWER_CLI
+def test_a_supernode_killed_mid_run_is_reported_and_the_run_completes(tmp_path):
+    out = tmp_path / "run"
+    with Federation(tmp_path) as fed:
+        for i in range(3):
+            fed.supernode(i)
+        run = fed.flwr_run(out, "clients=3,malicious=0,rounds=2,aggregator=fedavg,local_epochs=1,device=cpu")
+        first = checkpoint(out, 1, wait=600)
+        assert first is not None, fed.logs_text()
+        fed.kill("supernode1")  # round 2 has started: its message is out, the node will never answer
+        stdout, _ = run.communicate(timeout=600)
+        state = checkpoint(out, 2)
+        assert state is not None, stdout[-3000:] + fed.logs_text()
+        last = state["rows"][-1]
+        assert last["round"] == 2 and last["clients"] == [0, 2]
+        # the SuperLink answers for the dead node once its heartbeats stop; the row names the client
+        assert list(last["failed"]) == ["1"] and "heartbeat" in last["failed"]["1"].lower()
