@@ -7,6 +7,7 @@ so an interrupted reproduction resumes where it stopped.
 """
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -73,13 +74,20 @@ def _job_name(job: Job) -> str:
     return f"{attack} seed {seed}: {kd}{'' if defense == 'none' else ' + ' + defense}"
 
 
+@functools.lru_cache(maxsize=1)
+def _datasets(name: str, data_dir: str | None):
+    """Train and test split, read once per process (a worker process runs many jobs)."""
+    from .data import load_dataset
+
+    return load_dataset(name, "train", data_dir), load_dataset(name, "test", data_dir)
+
+
 def run_job(plan: Plan, job: Job, progress=None, threads: int = 0) -> None:
     """One cell of the table: train the teacher if its file is missing, then distil it.
     ``threads > 0`` sets torch's intra-op threads (parallel workers share the cores)."""
     import torch
 
     from .artifacts import model_paths
-    from .data import load_dataset
     from .defenses import build_defense
     from .single import distill_files
     from .teachers import train_teacher
@@ -91,8 +99,7 @@ def run_job(plan: Plan, job: Job, progress=None, threads: int = 0) -> None:
     target = job_dir(plan, seed, attack, kd, defense)
     if _done(target):
         return
-    train = load_dataset(plan.dataset, "train", plan.data_dir)
-    test = load_dataset(plan.dataset, "test", plan.data_dir)
+    train, test = _datasets(plan.dataset, plan.data_dir)
     tpath = teacher_path(plan, seed, attack)
     if not model_paths(tpath)[1].exists():
         train_teacher(plan.dataset, plan.teacher_arch, attack, seed=seed, cfg=TrainConfig(epochs=plan.teacher_epochs),
