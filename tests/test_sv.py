@@ -240,7 +240,7 @@ def _patched_divergence(monkeypatch, tails):
 def test_selection_accepts_a_draw_with_an_outlier_tail(monkeypatch, caplog):
     teacher = lenet()
     dist = fake_distiller(teacher)
-    d = ShufflingVaccine(SVConfig(k=1, selection_samples=200))
+    d = ShufflingVaccine(SVConfig(k=1, select=True, selection_samples=200))
     d.setup(dist)
     calls = _patched_divergence(monkeypatch, [False, False, True])
     x = torch.randn(300, 1, 28, 28)
@@ -259,7 +259,7 @@ def test_selection_accepts_a_draw_with_an_outlier_tail(monkeypatch, caplog):
 def test_selection_switches_off_without_tail(monkeypatch, caplog):
     teacher = lenet()
     dist = fake_distiller(teacher)
-    cfg = SVConfig(k=1, max_redraws=4, selection_samples=64)
+    cfg = SVConfig(k=1, select=True, max_redraws=4, selection_samples=64)
     d = ShufflingVaccine(cfg)
     d.setup(dist)
     _patched_divergence(monkeypatch, [])
@@ -277,11 +277,11 @@ def test_selection_switches_off_without_tail(monkeypatch, caplog):
 
 def test_selection_draws_are_distinct_and_seeded():
     teacher = lenet()
-    d = ShufflingVaccine(SVConfig(k=1, max_redraws=2, tail_ratio=1.0, selection_samples=32))  # impossible -> off
+    d = ShufflingVaccine(SVConfig(k=1, select=True, max_redraws=2, tail_ratio=1.0, selection_samples=32))  # impossible -> off
     d.setup(fake_distiller(teacher, seed=3))
     x = torch.randn(32, 1, 28, 28)
     d.sample_weights(fake_distiller(teacher, seed=3), x, teacher(x))
-    d2 = ShufflingVaccine(SVConfig(k=1, max_redraws=2, tail_ratio=1.0, selection_samples=32))
+    d2 = ShufflingVaccine(SVConfig(k=1, select=True, max_redraws=2, tail_ratio=1.0, selection_samples=32))
     d2.setup(fake_distiller(teacher, seed=3))
     d2.sample_weights(fake_distiller(teacher, seed=3), x, teacher(x))
     r1 = [dr["tail_ratio"] for dr in d.state()["draws"]]
@@ -293,7 +293,7 @@ def test_selection_waits_for_the_warm_up_and_caches_batches():
     teacher = lenet()
     dist = fake_distiller(teacher)
     dist.total_iterations, dist.iteration_index = 100, 0
-    d = ShufflingVaccine(SVConfig(k=1, selection_samples=96, selection_after=0.1, tail_ratio=1.0, max_redraws=0))
+    d = ShufflingVaccine(SVConfig(k=1, select=True, selection_samples=96, selection_after=0.1, tail_ratio=1.0, max_redraws=0))
     d.setup(dist)
     x = torch.randn(32, 1, 28, 28)
     for it in (0, 5, 9):  # before 10 % of the run: the first draw is used, nothing is decided
