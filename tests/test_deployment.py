@@ -79,17 +79,22 @@ class Federation:
             f.close()
 
 
-def checkpoint(out, at_least=1, wait=60):
+def checkpoint(out, at_least=1, wait=60, run=None):
     """The run's checkpoint once it holds round >= at_least (the stream may end a moment before the
-    checkpoint is renamed in), else None."""
+    checkpoint is renamed in), else None; gives up 10 s after ``run`` (the `flwr run` process) ended."""
     state = out / "checkpoint" / "state.json"
-    for _ in range(int(wait / 0.05)):
+    deadline, ended = time.monotonic() + wait, None
+    while time.monotonic() < deadline:
         try:
             data = json.loads(state.read_text())
             if data["round"] >= at_least:
                 return data
         except (FileNotFoundError, json.JSONDecodeError):
             pass
+        if run is not None and ended is None and run.poll() is not None:
+            ended = time.monotonic()
+        if ended is not None and time.monotonic() - ended > 10:
+            return None
         time.sleep(0.05)
     return None
 
@@ -119,8 +124,10 @@ def test_a_supernode_killed_mid_run_is_reported_and_the_run_completes(tmp_path):
         for i in range(3):
             fed.supernode(i)
         run = fed.flwr_run(out, "clients=3,malicious=0,rounds=2,aggregator=fedavg,local_epochs=1,device=cpu")
-        first = checkpoint(out, 1, wait=600)
-        assert first is not None, fed.logs_text()
+        first = checkpoint(out, 1, wait=600, run=run)
+        if first is None:
+            run.kill()
+            pytest.fail("no round-1 checkpoint; flwr run printed:\n" + run.communicate()[0][-3000:] + fed.logs_text())
         fed.kill("supernode1")  # round 2 has started: its message is out, the node will never answer
         stdout, _ = run.communicate(timeout=600)
         state = checkpoint(out, 2)
