@@ -1,9 +1,13 @@
 """The Flower ClientApp: translate a train message into :func:`fedabd.federated.local_update`.
 
 Per-node settings: ``partition-id`` (required), optional ``malicious`` (true/false) overriding the
-scenario's selection (Deployment Engine: ``flower-supernode --node-config "partition-id=1 malicious=true"``).
+scenario's selection (Deployment Engine: ``flower-supernode --node-config "partition-id=1 malicious=true"``),
+optional ``state-dir``: where a client whose architecture differs from the global model keeps its own
+model between rounds (default ``<out>/clients``), so that a resumed run continues it.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
@@ -11,8 +15,6 @@ from flwr.clientapp import ClientApp
 
 from fedabd import federated as fed
 from fedabd.config import ScenarioConfig, scenario_from_run_config
-
-
 
 
 def _truthy(v) -> bool:
@@ -33,13 +35,19 @@ def make_client_app(cfg: ScenarioConfig | None = None, threads: int = 1) -> Clie
         malicious = _truthy(node_flag) if node_flag is not None else pid in fed.malicious_clients(scfg, rnd)
         arch = fed.client_arch(scfg, pid)
         global_arch = scfg.student if scfg.aggregator == "distill" else scfg.client_arch
+        own = None
         if arch == global_arch:
             start = msg.content["arrays"].to_torch_state_dict()
-        else:  # heterogeneous client: continue from its own model, kept on the node
-            start = context.state["local"].to_torch_state_dict() if "local" in context.state else None
+        else:  # heterogeneous client: continue from its own model (node state, or its disk after a resume)
+            own = fed.ClientStore(context.node_config.get("state-dir") or Path(scfg.out) / "clients")
+            if "local" in context.state:
+                start = context.state["local"].to_torch_state_dict()
+            else:
+                start = own.load(pid, rnd - 1, fed.initial_client_state(scfg, pid)) if rnd > 1 else None
         res = fed.local_update(scfg, pid, rnd, start, malicious)
-        if arch != global_arch:
+        if own is not None:
             context.state["local"] = ArrayRecord(res.state)
+            own.save(pid, rnd, res.state)
         metrics = MetricRecord({"num-examples": res.num_examples, "partition-id": pid, **res.metrics})
         return Message(content=RecordDict({"arrays": ArrayRecord(res.state), "metrics": metrics}), reply_to=msg)
 

@@ -66,6 +66,16 @@ def client_arch(cfg: ScenarioConfig, pid: int) -> str:
     return cfg.client_archs[pid] if cfg.client_archs else cfg.client_arch
 
 
+def initial_client_state(cfg: ScenarioConfig, pid: int) -> StateDict:
+    """A freshly initialised model of client ``pid``'s architecture (the reference for keys and shapes)."""
+    from .data import dataset_info
+
+    info = dataset_info(cfg.dataset)
+    model = create_model(client_arch(cfg, pid), num_classes=info.num_classes, in_channels=info.channels,
+                         image_size=info.image_size)
+    return model.state_dict()
+
+
 def malicious_clients(cfg: ScenarioConfig, rnd: int) -> set[int]:
     """Who attacks in round ``rnd``: a fixed set (``malicious_ids``, or ``malicious`` clients drawn
     once from the seed), or ``malicious`` clients drawn afresh every round; none before
@@ -107,6 +117,51 @@ def local_update(cfg: ScenarioConfig, pid: int, rnd: int, start: StateDict | Non
         state = {k: (start[k] + cfg.scale * (v - start[k])) if v.is_floating_point() else v for k, v in state.items()}
     return LocalResult(state, len(data), {"train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
                                           "malicious": int(malicious), "n_poisoned": n_poisoned})
+
+
+class ClientStore:
+    """A heterogeneous client's own model after each round, on the client's disk.
+
+    A client whose architecture differs from the global model trains its own model round after
+    round. Flower's node state holds it only for the life of one run, so a resumed run would restart
+    it; this store (``root/partition-<pid>/round-<r>.safetensors``, written atomically, the last two
+    rounds kept) lets the client continue from its round ``r - 1`` model instead. safetensors only:
+    nothing read from it is unpickled.
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def path(self, pid: int, rnd: int) -> Path:
+        return self.root / f"partition-{pid}" / f"round-{rnd}.safetensors"
+
+    def save(self, pid: int, rnd: int, state: StateDict) -> None:
+        from safetensors.torch import save_file
+
+        from .artifacts import _atomic_write_bytes
+
+        target = self.path(pid, rnd)
+        _atomic_write_bytes(target, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp))
+        for old in target.parent.glob("round-*.safetensors"):
+            r = old.stem.partition("-")[2]
+            if r.isdigit() and int(r) < rnd - 1:
+                old.unlink(missing_ok=True)
+
+    def load(self, pid: int, rnd: int, reference: StateDict) -> StateDict | None:
+        """The model saved after round ``rnd`` if there is one that matches ``reference``'s keys,
+        shapes and dtypes; a missing file gives None, a bad one a warning and None (fresh start)."""
+        from .artifacts import read_tensors
+
+        path = self.path(pid, rnd)
+        if not path.exists():
+            return None
+        try:
+            tensors = read_tensors(path)
+            check_state_dict(reference, tensors, str(path))
+        except ModelFileError as e:
+            log.warning("client %d: ignoring its saved model (%s); it starts afresh", pid, e)
+            return None
+        return tensors
 
 
 # -- server side --------------------------------------------------------------------------------

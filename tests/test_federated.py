@@ -111,3 +111,20 @@ def test_checkpoint_round_trip_and_atomic_replace(tmp_path):
     # a kill between the two renames leaves only the old copy: it is recovered
     ck.dir.rename(tmp_path / ".checkpoint.old")
     assert ck.load()[0] == 2
+
+
+def test_client_store_keeps_a_heterogeneous_clients_own_model_per_round(tmp_path, caplog):
+    store = fed.ClientStore(tmp_path / "clients")
+    ref = create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28).state_dict()
+    states = {r: {k: v + r for k, v in ref.items()} for r in (1, 2, 3)}
+    for r, s in states.items():
+        store.save(4, r, s)
+    kept = sorted(p.name for p in (tmp_path / "clients" / "partition-4").iterdir())
+    assert kept == ["round-2.safetensors", "round-3.safetensors"]  # the last two rounds, no temp files
+    loaded = store.load(4, 3, ref)
+    assert loaded.keys() == ref.keys() and all(torch.equal(loaded[k], states[3][k]) for k in ref)
+    assert store.load(4, 1, ref) is None and store.load(5, 3, ref) is None  # pruned / never saved
+    other = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).state_dict()
+    assert store.load(4, 3, other) is None and "ignoring its saved model" in caplog.text  # wrong shapes
+    store.path(4, 2).write_bytes(b"\x80\x04 pickled payload")
+    assert store.load(4, 2, ref) is None and "pickle" in caplog.text  # never unpickled

@@ -64,11 +64,18 @@ def test_fedavg_baseline_and_same_seed_same_numbers(tmp_path):
 
 @pytest.mark.slow
 def test_resumed_run_ends_with_the_same_metrics_as_an_uninterrupted_one(tmp_path):
+    """Also with heterogeneous clients: those whose architecture differs from the global model train
+    their own model round after round, and after a resume continue it from their disk (Flower's node
+    state is gone); client 0 starts each round from the global model."""
     from dataclasses import replace
 
-    full = simulate(scenario(tmp_path / "full", rounds=2))
-    cut = scenario(tmp_path / "cut", rounds=1)
+    het = {"client_archs": ["lenet5", "lenet5_half", "lenet5_half"], "student": "lenet5"}
+    full = simulate(scenario(tmp_path / "full", rounds=2, **het))
+    cut = scenario(tmp_path / "cut", rounds=1, **het)
     simulate(cut)  # stops after round 1, as a killed run would after its last checkpoint
     resumed = simulate(replace(cut, rounds=2), resume=True)
     strip = lambda rows: [{k: v for k, v in r.items() if k not in ("seconds", "distill_seconds")} for r in rows]  # noqa: E731
     assert strip(resumed) == strip(full)
+    own = tmp_path / "cut" / "run" / "clients"
+    assert sorted(p.name for p in own.iterdir()) == ["partition-1", "partition-2"]  # the half-width clients
+    assert sorted(p.name for p in (own / "partition-1").iterdir()) == ["round-1.safetensors", "round-2.safetensors"]
