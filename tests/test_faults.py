@@ -92,7 +92,7 @@ def _checkpointed_round(out) -> int:
 
 @pytest.mark.slow
 def test_a_run_killed_mid_round_and_resumed_ends_like_an_uninterrupted_one(tmp_path):
-    spec = {"clients": 3, "malicious": 1, "rounds": 3, "local_epochs": 1, "kd": "zskt",
+    spec = {"clients": 3, "malicious": 1, "rounds": 2, "local_epochs": 1, "kd": "zskt",
             "kd_overrides": {"pseudo_batches": 40, "batch_size": 32, "student_steps_per_pb": 2, "generator_width": 8},
             "device": "cpu", "seed": 3}
     file = tmp_path / "scenario.yaml"
@@ -124,7 +124,7 @@ def test_a_run_killed_mid_round_and_resumed_ends_like_an_uninterrupted_one(tmp_p
         rows = json.loads((run / "metrics.json").read_text())
         return [{k: v for k, v in r.items() if k not in ("seconds", "distill_seconds", "resumed")} for r in rows]
 
-    assert [r["round"] for r in metrics(cut)] == [0, 1, 2, 3]
+    assert [r["round"] for r in metrics(cut)] == [0, 1, 2]
     assert metrics(cut) == metrics(full)
     jsonl = [json.loads(line) for line in (cut / "metrics.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in jsonl] == [0, 1, 2, 3]  # no duplicated or lost round in the run log
+    assert [r["round"] for r in jsonl] == [0, 1, 2]  # no duplicated or lost round in the run log
