@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .artifacts import ModelFileError, check_state_dict, save_model
+from .artifacts import ModelFileError, _atomic_write_bytes, check_state_dict, read_tensors, save_model
 from .attacks import Attack, create_attack, poison_dataset
 from .config import ScenarioConfig
-from .data import DatasetInfo, ImageSet, load_dataset
+from .data import DatasetInfo, ImageSet, dataset_info, load_dataset
 from .data.partition import partition
 from .distill import create_distiller
 from .metrics import evaluate
@@ -68,8 +68,6 @@ def client_arch(cfg: ScenarioConfig, pid: int) -> str:
 
 def initial_client_state(cfg: ScenarioConfig, pid: int) -> StateDict:
     """A freshly initialised model of client ``pid``'s architecture (the reference for keys and shapes)."""
-    from .data import dataset_info
-
     info = dataset_info(cfg.dataset)
     model = create_model(client_arch(cfg, pid), num_classes=info.num_classes, in_channels=info.channels,
                          image_size=info.image_size)
@@ -138,8 +136,6 @@ class ClientStore:
     def save(self, pid: int, rnd: int, state: StateDict) -> None:
         from safetensors.torch import save_file
 
-        from .artifacts import _atomic_write_bytes
-
         target = self.path(pid, rnd)
         _atomic_write_bytes(target, lambda tmp: save_file({k: v.contiguous() for k, v in state.items()}, tmp))
         for old in target.parent.glob("round-*.safetensors"):
@@ -150,8 +146,6 @@ class ClientStore:
     def load(self, pid: int, rnd: int, reference: StateDict) -> StateDict | None:
         """The model saved after round ``rnd`` if there is one that matches ``reference``'s keys,
         shapes and dtypes; a missing file gives None, a bad one a warning and None (fresh start)."""
-        from .artifacts import read_tensors
-
         path = self.path(pid, rnd)
         if not path.exists():
             return None
