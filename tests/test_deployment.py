@@ -48,8 +48,20 @@ class Federation:
     def __enter__(self):
         self.start("superlink", ["flower-superlink", "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
                                  "--database", str(self.tmp / "state.db")])
-        time.sleep(3)
+        self.wait_for("superlink", "Uvicorn running", 1)
         return self
+
+    def wait_for(self, name, text, count, timeout=180):
+        """Wait until ``text`` appears ``count`` times in a process's log: a fixed sleep raced the
+        SuperLink's start-up on a loaded machine (`flwr run` found no SuperLink)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if (self.logs / f"{name}.log").read_text().count(text) >= count:
+                return
+            if self.procs[name][0].poll() is not None:
+                pytest.fail(f"{name} exited:\n" + self.logs_text())
+            time.sleep(0.1)
+        pytest.fail(f"{name} did not log {text!r} {count}x within {timeout} s:\n" + self.logs_text())
 
     def supernode(self, pid, malicious=False):
         self.start(f"supernode{pid}", ["flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{self.port}",
@@ -60,6 +72,8 @@ class Federation:
         os.killpg(self.procs[name][0].pid, signal.SIGKILL)
 
     def flwr_run(self, out, overrides):
+        nodes = sum(name.startswith("supernode") for name in self.procs)
+        self.wait_for("superlink", "Activated node_id", nodes)  # every SuperNode has joined
         return subprocess.Popen(["flwr", "run", str(ROOT), "local-test", "--stream", "--run-config",
                                  f"out='{out}' overrides='{overrides}'"], env=self.env, cwd=self.tmp,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
