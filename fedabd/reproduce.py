@@ -286,7 +286,8 @@ def results_page(plan: Plan, results: dict, command: str, seconds: float, pendin
                 halved = abd["asr"][0] <= plain["asr"][0] / 2
                 acc_loss = 100 * (plain["acc"][0] - abd["acc"][0])
                 verdict = ("yes" if halved and acc_loss <= 5 else "no") + \
-                    f" (ASR {100 * plain['asr'][0]:.1f} -> {100 * abd['asr'][0]:.1f}, Acc {acc_loss:+.1f} points lost)"
+                    f" (ASR {100 * plain['asr'][0]:.1f} -> {100 * abd['asr'][0]:.1f}, " \
+                    f"Acc {100 * plain['acc'][0]:.1f} -> {100 * abd['acc'][0]:.1f})"
             checks.append([attack, kd, "yes" if transfers else "no", verdict])
     lines += [markdown_table(["attack", "method", "transfers (ASR >= 50 %)", "ABD halves ASR, Acc loss <= 5"], checks)]
     clean_kd = [a for a in plan.attacks if (a, "vanilla", "none") in results and "asr" in results[(a, "vanilla", "none")]]
