@@ -18,6 +18,7 @@ from fedabd.defenses.abd.sr import (
     outer_loss,
     patched_subset,
     resolve_trigger_source,
+    search_mask,
     sr_forward_mode,
     synthesize_trigger,
 )
@@ -266,6 +267,10 @@ def test_config_and_trigger_source():
         SRConfig(trigger_source="generator")
     with pytest.raises(ValueError):
         SRConfig(fraction=0.0)
+    with pytest.raises(ValueError):
+        SRConfig(search="neural_cleanse")
+    with pytest.raises(ValueError):
+        SRConfig(search="mask", mask_steps=0)
 
     class ZSKTLike:
         pass
@@ -281,6 +286,25 @@ def test_config_and_trigger_source():
         return
     fake = zskt_cls.__new__(zskt_cls)
     assert resolve_trigger_source(fake, "auto") == "student"
+
+
+def test_mask_search_finds_a_one_pixel_trigger():
+    class CornerPixel(nn.Module):
+        """Class 1 fires on the bottom-right pixel; class 0 otherwise."""
+
+        def forward(self, x):
+            one = 20.0 * x[:, 0, 3, 3] - 5.0
+            return torch.stack([torch.zeros_like(one), one], 1)
+
+    x = 0.1 * torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    lo, hi = torch.tensor(-1.0).view(1, 1, 1, 1), torch.tensor(1.0).view(1, 1, 1, 1)
+    trig = search_mask(CornerPixel(), x, 1, lo, hi, SRConfig(search="mask"), steps=200)
+    m, p = trig.parts()
+    assert int(m.flatten().argmax()) == 15 and float(m[0, 0, 3, 3]) > 0.5  # the corner pixel
+    assert trig.size() < 2.0  # and little else
+    assert float(p[0, 0, 3, 3]) > 0.5  # a bright pattern there
+    assert bool((CornerPixel()(trig.stamp(x)).argmax(1) == 1).all())
+    assert m.min() >= 0 and m.max() <= 1 and p.min() >= -1 and p.max() <= 1
 
 
 # -- end to end: SR unlearns a backdoor of a tiny student -----------------------------------------
@@ -363,20 +387,25 @@ def test_sr_lowers_asr_of_backdoored_student():
     steps, lr = 150, 1e-3
     results, seconds = {}, {}
     for name, defense in (("control", Defense()),
-                          ("sr", SelfRetrospection(SRConfig(fraction=1.0, portion=0.25, trigger_steps=20)))):
+                          ("sr", SelfRetrospection(SRConfig(fraction=1.0, portion=0.25, trigger_steps=20))),
+                          ("mask", SelfRetrospection(SRConfig(fraction=1.0, portion=0.25, search="mask")))):
         student = copy.deepcopy(model)
         t0 = time.perf_counter()
         res = CleanKD(copy.deepcopy(model), student, info, {"steps": steps, "lr": lr}, seed=0,
                       defense=defense).run()
         seconds[name] = time.perf_counter() - t0
         results[name] = evaluate(student)
-        if name == "sr":
+        if name != "control":
             assert res.defense_state["sr_steps"] == steps and res.defense_state["started_at"] == 0
+        if name == "mask":  # the class with the smallest mask is the backdoor's target
+            assert res.defense_state["mask_class"] == 0, res.defense_state["mask_sizes"]
     print(f"before {acc0:.3f}/{asr0:.3f}  control {results['control']}  SR {results['sr']}  "
-          f"time control {seconds['control']:.1f}s SR {seconds['sr']:.1f}s")
+          f"mask SR {results['mask']}  time control {seconds['control']:.1f}s SR {seconds['sr']:.1f}s "
+          f"mask SR {seconds['mask']:.1f}s")
     acc_c, asr_c = results["control"]
     acc_s, asr_s = results["sr"]
     assert asr_c > 0.9 * asr0  # clean KD alone (same steps, same LR) does not remove the backdoor
     assert asr_s <= 0.7 * asr0  # SR: >= 30 % relative drop
+    assert results["mask"][1] <= 0.7 * asr0  # the mask search's SR too
     assert asr_s < asr_c - 0.3
     assert acc_s > acc0 - 0.07  # clean accuracy within a few points (measured: -5.3; paper: ABD costs 3-10)

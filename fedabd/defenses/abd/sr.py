@@ -23,6 +23,15 @@ In the final ``fraction`` of the run every student step additionally does:
    derivative of ``L_out(d*(th), th)`` for the fixed point ``d* = Phi(d*, th)`` (exact as K -> inf
    when ``Phi`` is a contraction in ``d``).
 
+   ``search="mask"`` (ours, not in the paper) replaces steps 1-2 with a Neural-Cleanse-style
+   trigger: on the first SR step a mask ``m`` and pattern ``p`` (``stamp(x) = (1-m) x + m p``) are
+   searched for every class (``mask_steps`` Adam steps on ``CE(M(stamp(x)), c) + mask_l1 * |m|_1``);
+   the class with the smallest mask is taken as the backdoor's target, and every later SR step
+   refines its mask on the new batch (``mask_refine_steps``, warm start). The unlearning gradient
+   is that of ``L_out`` with ``stamp`` in place of ``+ delta`` (the trigger held fixed; no
+   hypergradient). Why: ``scripts/sr_trigger_probe.py`` found that the paper's search finds a
+   dense perturbation to the backdoor's class that is not the trigger (results/sr_trigger_probe).
+
 3. The distiller then takes its optimiser step with KD gradient + SR gradient (the methods reset
    their student LR for the final phase themselves, e.g. ZSKT's ``sr_lr``).
 
@@ -74,6 +83,11 @@ class SRConfig:
     portion: float = 0.02           # fraction of the batch patched in L_out (at least one sample)
     weight: float = 1.0             # scale of the unlearning gradient added to .grad
     bn_mode: str = "eval"           # "eval" or "train" (see module docstring)
+    search: str = "perturbation"    # "perturbation" (the paper's) or "mask" (see the module docstring)
+    mask_l1: float = 0.01           # "mask": L1 weight on the mask
+    mask_steps: int = 200           # "mask": Adam steps per class when the class is chosen
+    mask_refine_steps: int = 10     # "mask": Adam steps per SR step on the chosen class (warm start)
+    mask_lr: float = 0.1            # "mask": Adam LR of the mask search
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -88,12 +102,16 @@ class SRConfig:
             raise ValueError(f"SRConfig.trigger_source must be one of {_TRIGGER_SOURCES}, got {self.trigger_source!r}")
         if self.bn_mode not in ("eval", "train"):
             raise ValueError(f"SRConfig.bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
+        if self.search not in ("perturbation", "mask"):
+            raise ValueError(f"SRConfig.search must be 'perturbation' or 'mask', got {self.search!r}")
+        if self.mask_steps < 1 or self.mask_refine_steps < 0:
+            raise ValueError("SRConfig.mask_steps must be >= 1 and mask_refine_steps >= 0")
         if not 0.0 < self.portion <= 1.0:
             raise ValueError(f"SRConfig.portion must be in (0, 1], got {self.portion}")
-        for name in ("trigger_lr", "inner_lr"):
+        for name in ("trigger_lr", "inner_lr", "mask_lr"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"SRConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("init_std", "inner_reg", "weight", "trigger_norm_bound"):
+        for name in ("init_std", "inner_reg", "weight", "trigger_norm_bound", "mask_l1"):
             if getattr(self, name) < 0:
                 raise ValueError(f"SRConfig.{name} must be >= 0, got {getattr(self, name)}")
 
@@ -210,14 +228,65 @@ def outer_loss(student: nn.Module, x: torch.Tensor, delta: torch.Tensor, idx: to
     Unpatched samples contribute exactly 0; when samples are independent (no BN in train mode)
     only the patched ones are forwarded.
     """
+    return _outer(student, x, lambda t: t + delta, idx)
+
+
+def _outer(student: nn.Module, x: torch.Tensor, stamp, idx: torch.Tensor) -> torch.Tensor:
+    """(1/B) sum_{i in idx} KL(S(x_i) || S(stamp(x_i))); the whole batch is forwarded (unpatched
+    samples unchanged) only when the student's outputs depend on the batch."""
     b = x.shape[0]
     idx = idx.to(x.device)
     if not _batch_dependent(student):
         xs = x[idx]
-        return _kl(_logits(student, xs), _logits(student, xs + delta), reduction="none").sum() / b
-    mask = torch.zeros(b, *([1] * (x.dim() - 1)), dtype=x.dtype, device=x.device)
-    mask[idx] = 1.0
-    return _kl(_logits(student, x), _logits(student, x + delta * mask), reduction="none").sum() / b
+        return _kl(_logits(student, xs), _logits(student, stamp(xs)), reduction="none").sum() / b
+    chosen = torch.zeros(b, *([1] * (x.dim() - 1)), dtype=torch.bool, device=x.device)
+    chosen[idx] = True
+    return _kl(_logits(student, x), _logits(student, torch.where(chosen, stamp(x), x)), reduction="none").sum() / b
+
+
+@dataclass
+class MaskTrigger:
+    """``stamp(x) = (1 - m) x + m p`` with ``m = sigmoid(mask_logit)`` (1x1xHxW) and
+    ``p = lo + (hi - lo) sigmoid(pattern_logit)`` (1xCxHxW) inside the input range."""
+    mask_logit: torch.Tensor
+    pattern_logit: torch.Tensor
+    lo: torch.Tensor
+    hi: torch.Tensor
+
+    def parts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.sigmoid(self.mask_logit), self.lo + (self.hi - self.lo) * torch.sigmoid(self.pattern_logit)
+
+    def stamp(self, x: torch.Tensor) -> torch.Tensor:
+        m, p = self.parts()
+        return (1 - m) * x + m * p
+
+    def size(self) -> float:
+        return float(torch.sigmoid(self.mask_logit).sum())
+
+
+def search_mask(model_fn, x: torch.Tensor, target: int, lo: torch.Tensor, hi: torch.Tensor, cfg: SRConfig,
+                steps: int, start: MaskTrigger | None = None) -> MaskTrigger:
+    """Neural Cleanse's search for one class: the mask and pattern minimising
+    ``CE(M(stamp(x)), target) + mask_l1 * sum(m)`` by ``steps`` Adam steps, from ``start`` or from
+    an almost empty mask (sigmoid(-3) = 0.05) and a mid-range pattern. Only the trigger's own
+    gradients are computed."""
+    x = x.detach()
+    if start is None:
+        start = MaskTrigger(torch.full((1, 1, *x.shape[2:]), -3.0, dtype=x.dtype, device=x.device),
+                            torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device), lo, hi)
+    trig = MaskTrigger(start.mask_logit.detach().clone().requires_grad_(True),
+                       start.pattern_logit.detach().clone().requires_grad_(True), lo, hi)
+    opt = torch.optim.Adam([trig.mask_logit, trig.pattern_logit], lr=cfg.mask_lr)
+    labels = torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
+    for _ in range(steps):
+        with torch.enable_grad():
+            loss = nn.functional.cross_entropy(_float(model_fn(trig.stamp(x))), labels) \
+                + cfg.mask_l1 * torch.sigmoid(trig.mask_logit).sum()
+            grads = torch.autograd.grad(loss, [trig.mask_logit, trig.pattern_logit])
+        for t, g in zip((trig.mask_logit, trig.pattern_logit), grads):
+            t.grad = g
+        opt.step()
+    return MaskTrigger(trig.mask_logit.detach(), trig.pattern_logit.detach(), lo, hi)
 
 
 def implicit_hypergradient(student: nn.Module, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor,
@@ -276,6 +345,9 @@ class SelfRetrospection(Defense):
         self.steps = 0
         self.started_at: int | None = None
         self.source: str | None = None
+        self._mask: MaskTrigger | None = None
+        self.mask_class: int | None = None
+        self.mask_sizes: list[float] | None = None
 
     @property
     def final_phase_fraction(self) -> float:  # type: ignore[override]
@@ -314,9 +386,21 @@ class SelfRetrospection(Defense):
             else:
                 def model_fn(inp):
                     return _float(student(prep(inp)))
-            delta, trig_kl = synthesize_trigger(model_fn, x, cfg, gen)
-            idx = patched_subset(x.shape[0], cfg.portion, gen)
-            grads, l_out = implicit_hypergradient(student, x, delta, idx, cfg, return_outer=True)
+            if cfg.search == "mask":
+                trig = self._mask_trigger(distiller, model_fn, x)
+                idx = patched_subset(x.shape[0], cfg.portion, gen)
+                params = [p for p in student.parameters() if p.requires_grad]
+                with torch.enable_grad():
+                    l_out_t = _outer(student, x, trig.stamp, idx)
+                    grads = torch.autograd.grad(l_out_t, params, allow_unused=True)
+                grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+                l_out = float(l_out_t.detach())
+                metrics = {"sr_mask_class": float(self.mask_class), "sr_mask_l1": trig.size()}
+            else:
+                delta, trig_kl = synthesize_trigger(model_fn, x, cfg, gen)
+                idx = patched_subset(x.shape[0], cfg.portion, gen)
+                grads, l_out = implicit_hypergradient(student, x, delta, idx, cfg, return_outer=True)
+                metrics = {"sr_trigger_kl": trig_kl, "sr_delta_norm": float(delta.norm())}
         params = [p for p in student.parameters() if p.requires_grad]
         with torch.no_grad():
             for p, g in zip(params, grads):
@@ -326,8 +410,30 @@ class SelfRetrospection(Defense):
                 else:
                     p.grad.add_(g)
         self.steps += 1
-        return {"sr_trigger_kl": trig_kl, "sr_outer": l_out, "sr_delta_norm": float(delta.norm())}
+        return {"sr_outer": l_out, **metrics}
+
+    def _mask_trigger(self, distiller, model_fn, x: torch.Tensor) -> MaskTrigger:
+        """``search="mask"``: on the first SR step, a mask search for every class; the class with
+        the smallest mask is the suspected target (Neural Cleanse's anomaly). Later steps refine that
+        class's mask and pattern on the new batch, warm-started."""
+        cfg = self.cfg
+        info = distiller.info
+        lo = info.normalize(torch.zeros(1, info.channels, 1, 1, dtype=x.dtype)).to(x.device)
+        hi = info.normalize(torch.ones(1, info.channels, 1, 1, dtype=x.dtype)).to(x.device)
+        if self._mask is None:
+            found = [search_mask(model_fn, x, c, lo, hi, cfg, cfg.mask_steps) for c in range(info.num_classes)]
+            self.mask_sizes = [round(t.size(), 3) for t in found]
+            self.mask_class = min(range(len(found)), key=self.mask_sizes.__getitem__)
+            self._mask = found[self.mask_class]
+            log.info("Self-Retrospection mask search: class %d has the smallest mask (L1 %.1f; all: %s)",
+                     self.mask_class, self.mask_sizes[self.mask_class], self.mask_sizes)
+        elif cfg.mask_refine_steps:
+            self._mask = search_mask(model_fn, x, self.mask_class, lo, hi, cfg, cfg.mask_refine_steps, self._mask)
+        return self._mask
 
     def state(self) -> dict:
-        return {"sr_steps": self.steps, "started_at": self.started_at, "trigger_source": self.source,
-                "config": dataclasses.asdict(self.cfg)}
+        out = {"sr_steps": self.steps, "started_at": self.started_at, "trigger_source": self.source,
+               "config": dataclasses.asdict(self.cfg)}
+        if self.cfg.search == "mask":
+            out.update(mask_class=self.mask_class, mask_sizes=self.mask_sizes)
+        return out
