@@ -22,8 +22,7 @@ import torch
 from fedabd.artifacts import load_model
 from fedabd.data import load_dataset
 from fedabd.data.base import to_float
-from fedabd.defenses.abd.sr import SRConfig, synthesize_trigger
-from fedabd.distill.losses import kl_div
+from fedabd.defenses.abd.sr import SRConfig, search_mask, synthesize_trigger
 from fedabd.report import markdown_table
 
 SETTINGS = {
@@ -33,24 +32,6 @@ SETTINGS = {
     "L2 bound 5": {"trigger_norm_bound": 5.0, "trigger_steps": 50},
     "L2 bound 10": {"trigger_norm_bound": 10.0, "trigger_steps": 50},
 }
-
-
-def mask_search(model, x: torch.Tensor, target: int, lo: float, hi: float, l1: float = 0.01,
-                steps: int = 200, lr: float = 0.1) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neural Cleanse's search for one class: mask ``m`` (1x1xHxW) and pattern ``p`` (in the input
-    range ``[lo, hi]``) minimising ``CE(S((1-m) x + m p), target) + l1 * sum(m)``."""
-    m_logit = torch.full((1, 1, *x.shape[2:]), -3.0, requires_grad=True)
-    p_logit = torch.zeros((1, *x.shape[1:]), requires_grad=True)
-    opt = torch.optim.Adam([m_logit, p_logit], lr=lr)
-    labels = torch.full((x.shape[0],), target)
-    for _ in range(steps):
-        m, pat = torch.sigmoid(m_logit), lo + (hi - lo) * torch.sigmoid(p_logit)
-        loss = torch.nn.functional.cross_entropy(model((1 - m) * x + m * pat), labels) + l1 * m.sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    with torch.no_grad():
-        return torch.sigmoid(m_logit), lo + (hi - lo) * torch.sigmoid(p_logit)
 
 
 def probe(path: str, n: int, seed: int, data_dir: str | None) -> list[list]:
@@ -84,13 +65,12 @@ def probe(path: str, n: int, seed: int, data_dir: str | None) -> list[list]:
     for name, kw in SETTINGS.items():
         delta, _ = synthesize_trigger(model, x, SRConfig(**kw), torch.Generator().manual_seed(seed))
         rows.append([name, *row(name, delta)[1:]])
-    lo = float(info.normalize(torch.zeros(1, info.channels, 1, 1)).min())
-    hi = float(info.normalize(torch.ones(1, info.channels, 1, 1)).max())
+    lo = info.normalize(torch.zeros(1, info.channels, 1, 1))
+    hi = info.normalize(torch.ones(1, info.channels, 1, 1))
     sizes, overlap = [], None
     on_trigger = (real.abs().mean(0).amax(0) > 0.1).float()  # pixels the real trigger changes
     for c in range(info.num_classes):
-        torch.manual_seed(seed)
-        m, _ = mask_search(model, x, c, lo, hi)
+        m, _ = search_mask(model, x, c, lo, hi, SRConfig(search="mask"), steps=200).parts()
         sizes.append(float(m.sum()))
         if c == attack.target:
             overlap = float((m[0, 0] * on_trigger).sum() / m.sum())

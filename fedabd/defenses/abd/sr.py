@@ -379,6 +379,7 @@ class SelfRetrospection(Defense):
         student = distiller.student
         prep = getattr(distiller, "prep", lambda t: t)
         x = _float(x.detach())
+        params = [p for p in student.parameters() if p.requires_grad]
         with sr_forward_mode(student, cfg.bn_mode):
             if self.source == "teacher":
                 def model_fn(inp):
@@ -389,7 +390,6 @@ class SelfRetrospection(Defense):
             if cfg.search == "mask":
                 trig = self._mask_trigger(distiller, model_fn, x)
                 idx = patched_subset(x.shape[0], cfg.portion, gen)
-                params = [p for p in student.parameters() if p.requires_grad]
                 with torch.enable_grad():
                     l_out_t = _outer(student, x, trig.stamp, idx)
                     grads = torch.autograd.grad(l_out_t, params, allow_unused=True)
@@ -401,7 +401,6 @@ class SelfRetrospection(Defense):
                 idx = patched_subset(x.shape[0], cfg.portion, gen)
                 grads, l_out = implicit_hypergradient(student, x, delta, idx, cfg, return_outer=True)
                 metrics = {"sr_trigger_kl": trig_kl, "sr_delta_norm": float(delta.norm())}
-        params = [p for p in student.parameters() if p.requires_grad]
         with torch.no_grad():
             for p, g in zip(params, grads):
                 g = g.to(p.dtype) * cfg.weight
