@@ -344,13 +344,15 @@ def reproduce_cmd(
     jobs: Annotated[int, typer.Option(min=1, help="Worker processes running cells side by side (CPU: up to the cores).")] = 1,
     device: Annotated[str, typer.Option()] = "auto",
     data_dir: Annotated[Optional[str], typer.Option()] = None,
+    base: Annotated[Optional[Path], typer.Option(help="Reuse the teachers and no-defence cells of this reproduction "
+                                                 "(same data, models, preset, --set), e.g. to compare ABD settings.")] = None,
 ) -> None:
     """The paper's single-teacher experiment: teachers, vanilla KD, ZSKT/CMI/OOD without and with ABD, ablation; a results page."""
     import sys
 
     from .data import dataset_info
     from .distill import DISTILLERS
-    from .reproduce import Plan, timed_run
+    from .reproduce import Plan, check_base, timed_run
 
     with user_errors():
         attacks = ATTACKS.names() if attack == "all" else _split_names(attack, ATTACKS)
@@ -372,8 +374,9 @@ def reproduce_cmd(
                     teacher_arch=teacher_arch or ("wrn16_2" if rgb else "lenet5"),
                     student=student or ("wrn16_1" if rgb else "lenet5_half"), teacher_epochs=teacher_epochs,
                     preset=preset, overrides=overrides, device=device, data_dir=data_dir,
-                    sv=_parse_settings(sv, "--sv"), sr=_parse_settings(sr, "--sr"), jobs=jobs)
+                    sv=_parse_settings(sv, "--sv"), sr=_parse_settings(sr, "--sr"), jobs=jobs, base=base)
         build_defense("sv+sr", sv=plan.sv, sr=plan.sr)  # bad ABD settings fail before any work
+        check_base(plan)
         command = "fedabd " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else "fedabd reproduce ..."
         with progress_bar() as bar:
             jobs = bar.add_task("jobs", total=None, info="")

@@ -7,8 +7,10 @@ so an interrupted reproduction resumes where it stopped.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -51,14 +53,54 @@ class Plan:
     sv: dict = field(default_factory=dict)  # ABD setting overrides (all methods)
     sr: dict = field(default_factory=dict)
     jobs: int = 1                           # worker processes (cells run side by side)
+    base: Path | None = None                # another reproduction: its teachers and no-defence cells are reused
+
+
+# what a base reproduction must share for its teachers and no-defence cells to be this plan's
+SHARED_WITH_BASE = ("dataset", "teacher_arch", "student", "teacher_epochs", "preset", "overrides", "data_dir")
+
+
+def check_base(plan: Plan) -> None:
+    """A clear error unless ``plan.base`` is a reproduction folder with the same shared settings."""
+    if plan.base is None:
+        return
+    path = Path(plan.base) / "plan.json"
+    if not path.exists():
+        raise ValueError(f"--base {plan.base}: not a reproduction folder (no plan.json)")
+    other = json.loads(path.read_text())
+    differ = [k for k in SHARED_WITH_BASE if other.get(k) != getattr(plan, k)]
+    if differ:
+        raise ValueError(f"--base {plan.base}: its {', '.join(f'{k} ({other.get(k)!r})' for k in differ)} "
+                         f"differ from this run's ({', '.join(repr(getattr(plan, k)) for k in differ)}); "
+                         "teachers and cells are reused only when these match")
+    if Path(plan.base).resolve() == Path(plan.out).resolve():
+        raise ValueError("--base must be another folder than --out")
+
+
+def _own_job_dir(plan: Plan, seed: int, attack: str, kd: str, defense: str) -> Path:
+    return Path(plan.out) / "runs" / f"seed{seed}" / attack / f"{kd}_{defense.replace('+', '_')}"
 
 
 def teacher_path(plan: Plan, seed: int, attack: str) -> Path:
-    return plan.out / "teachers" / f"seed{seed}" / attack
+    from .artifacts import model_paths
+
+    own = Path(plan.out) / "teachers" / f"seed{seed}" / attack
+    if plan.base is not None and not model_paths(own)[1].exists():
+        theirs = Path(plan.base) / "teachers" / f"seed{seed}" / attack
+        if model_paths(theirs)[1].exists():
+            return theirs
+    return own
 
 
 def job_dir(plan: Plan, seed: int, attack: str, kd: str, defense: str) -> Path:
-    return plan.out / "runs" / f"seed{seed}" / attack / f"{kd}_{defense.replace('+', '_')}"
+    """The job's folder: this plan's own, or the base reproduction's for a finished no-defence job
+    (its result does not depend on the ABD settings, the only thing a plan with a base changes)."""
+    own = _own_job_dir(plan, seed, attack, kd, defense)
+    if plan.base is not None and defense == "none" and not _done(own):
+        theirs = _own_job_dir(dataclasses.replace(plan, out=Path(plan.base)), seed, attack, kd, defense)
+        if _done(theirs):
+            return theirs
+    return own
 
 
 def _done(path: Path) -> bool:
@@ -151,6 +193,7 @@ def run_plan(plan: Plan, notify: Notify | None = None, progress=None,
              on_done: Callable[[Job], None] | None = None) -> dict:
     """Run every missing job of the plan; returns the collected results.
     ``on_done(job)`` is called after each job (e.g. to rewrite the results page)."""
+    check_base(plan)
     plan.out.mkdir(parents=True, exist_ok=True)
     (plan.out / "plan.json").write_text(json.dumps({k: (str(v) if isinstance(v, Path) else v)
                                                     for k, v in plan.__dict__.items()}, indent=2))
@@ -195,8 +238,23 @@ def _stat(values: list[float]) -> tuple[float, float, int]:
     return (statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0, len(values))
 
 
+def _job_dirs(plan: Plan, seed: int, attack: str) -> dict[str, Path]:
+    """Finished jobs of one seed and attack: folder name (``kd_defence``) -> folder; the base's
+    no-defence jobs for this plan's methods are included where this plan has none of its own."""
+    found = {}
+    own = Path(plan.out) / "runs" / f"seed{seed}" / attack
+    if own.exists():
+        found = {d.name: d for d in sorted(own.iterdir()) if _done(d)}
+    for kd in plan.kds:
+        d = job_dir(plan, seed, attack, kd, "none")
+        if _done(d):
+            found.setdefault(d.name, d)
+    return found
+
+
 def collect(plan: Plan) -> dict:
-    """(attack, method, defence) -> {"acc": (mean, std, n), "asr": (...), "seconds": ...}; method "teacher" too."""
+    """(attack, method, defence) -> {"acc": (mean, std, n), "asr": (...), "seconds": ..., "per_seed":
+    {seed: {"acc", "asr"}}}; method "teacher" too."""
     from .artifacts import model_paths
 
     raw: dict = {}
@@ -205,19 +263,16 @@ def collect(plan: Plan) -> dict:
             meta_p = model_paths(teacher_path(plan, seed, attack))[1]
             if meta_p.exists():
                 m = json.loads(meta_p.read_text())["metrics"]
-                raw.setdefault((attack, "teacher", "none"), []).append(m)
-            base = plan.out / "runs" / f"seed{seed}" / attack
-            if not base.exists():
-                continue
-            for d in sorted(base.iterdir()):
-                if _done(d):
-                    s = json.loads((d / "summary.json").read_text())
-                    kd, _, defense = d.name.partition("_")
-                    raw.setdefault((attack, kd, defense.replace("_", "+")), []).append(
-                        dict(s["final"], seconds=s["seconds"], defense_state=s.get("defense_state")))
+                raw.setdefault((attack, "teacher", "none"), []).append(dict(m, seed=seed))
+            for name, d in _job_dirs(plan, seed, attack).items():
+                s = json.loads((d / "summary.json").read_text())
+                kd, _, defense = name.partition("_")
+                raw.setdefault((attack, kd, defense.replace("_", "+")), []).append(
+                    dict(s["final"], seconds=s["seconds"], defense_state=s.get("defense_state"), seed=seed))
     out = {}
     for key, rows in raw.items():
-        entry = {"acc": _stat([r["acc"] for r in rows]), "n": len(rows)}
+        entry = {"acc": _stat([r["acc"] for r in rows]), "n": len(rows),
+                 "per_seed": {r["seed"]: {k: r[k] for k in ("acc", "asr") if k in r} for r in rows}}
         if all("asr" in r for r in rows):
             entry["asr"] = _stat([r["asr"] for r in rows])
         if all("seconds" in r for r in rows):
@@ -225,6 +280,22 @@ def collect(plan: Plan) -> dict:
         entry["sv_status"] = [((r.get("defense_state") or {}).get("sv") or {}).get("status") for r in rows]
         out[key] = entry
     return out
+
+
+def claim(plain: dict, abd: dict) -> dict | None:
+    """The paper's claim on one cell, over the seeds both runs have (paired): ABD cuts the mean ASR
+    at least in half and costs at most 5 points of mean Acc. None without a common seed with ASR."""
+    seeds = sorted(s for s in plain["per_seed"] if "asr" in plain["per_seed"][s] and "asr" in abd["per_seed"].get(s, {}))
+    if not seeds:
+        return None
+
+    def mean(entry, k):
+        return statistics.mean(entry["per_seed"][s][k] for s in seeds)
+
+    asr0, asr1, acc0, acc1 = mean(plain, "asr"), mean(abd, "asr"), mean(plain, "acc"), mean(abd, "acc")
+    halved_on = sum(abd["per_seed"][s]["asr"] <= plain["per_seed"][s]["asr"] / 2 for s in seeds)
+    return {"seeds": seeds, "asr": (asr0, asr1), "acc": (acc0, acc1), "halved_on": halved_on,
+            "met": asr1 <= asr0 / 2 and 100 * (acc0 - acc1) <= 5}
 
 
 def _fmt(entry: dict | None) -> str:
@@ -262,6 +333,8 @@ def results_page(plan: Plan, results: dict, command: str, seconds: float, pendin
              f"student {plan.student}, method preset `{plan.preset}`"
              + (f", overrides `{json.dumps(plan.overrides)}`" if plan.overrides else "")
              + (f", ABD settings `{json.dumps({'sv': plan.sv, 'sr': plan.sr})}`" if plan.sv or plan.sr else "") + ".", "",
+             *([f"Teachers and cells without a defence are reused from [{plan.base}]({os.path.relpath(Path(plan.base) / 'RESULTS.md', plan.out)}) "
+               "where it has them (same data, models and method settings).", ""] if plan.base else []),
              *([f"**In progress: {pending} job(s) still to run** (re-run the command to resume).", ""] if pending else []),
              f"Cells: Acc / ASR in %, mean{'±std over ' + str(n_seeds) + ' seeds' if n_seeds > 1 else ' (one seed)'}.", "",
              markdown_table(["attack", *cols], rows)]
@@ -282,12 +355,12 @@ def results_page(plan: Plan, results: dict, command: str, seconds: float, pendin
                 continue
             transfers = plain["asr"][0] >= 0.5
             verdict = "-"
-            if transfers and abd is not None:
-                halved = abd["asr"][0] <= plain["asr"][0] / 2
-                acc_loss = 100 * (plain["acc"][0] - abd["acc"][0])
-                verdict = ("yes" if halved and acc_loss <= 5 else "no") + \
-                    f" (ASR {100 * plain['asr'][0]:.1f} -> {100 * abd['asr'][0]:.1f}, " \
-                    f"Acc {100 * plain['acc'][0]:.1f} -> {100 * abd['acc'][0]:.1f})"
+            c = claim(plain, abd) if transfers and abd is not None else None
+            if c is not None:
+                verdict = ("yes" if c["met"] else "no") + \
+                    f" (ASR {100 * c['asr'][0]:.1f} -> {100 * c['asr'][1]:.1f}, " \
+                    f"Acc {100 * c['acc'][0]:.1f} -> {100 * c['acc'][1]:.1f}; " \
+                    f"seeds {','.join(map(str, c['seeds']))}, halved on {c['halved_on']} of {len(c['seeds'])})"
             checks.append([attack, kd, "yes" if transfers else "no", verdict])
     lines += [markdown_table(["attack", "method", "transfers (ASR >= 50 %)", "ABD halves ASR, Acc loss <= 5"], checks)]
     clean_kd = [a for a in plan.attacks if (a, "vanilla", "none") in results and "asr" in results[(a, "vanilla", "none")]]

@@ -50,6 +50,7 @@ def test_evaluate_uses_the_stored_trigger(teacher_dir):
     (("simulate", "--scenario", "no_such_scenario"), "no scenario file"),
     (("distill", "--teacher", "/nonexistent.safetensors", "--out", "x"), "not found"),
     (("distill", "--teacher", "/nonexistent.safetensors", "--out", "x", "--abd", "bogus"), "unknown defence"),
+    (("reproduce", "--out", "x", "--base", "/nonexistent"), "not a reproduction folder"),
 ])
 def test_bad_input_gives_one_clear_line_and_exit_2(args, needle):
     res = invoke(*args)

@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from fedabd.reproduce import Plan, collect, job_dir, timed_run
+from fedabd.reproduce import (SHARED_WITH_BASE, Plan, check_base, claim, collect, job_dir, results_page, teacher_path,
+                               timed_run)
 
 TINY = {"vanilla": {"epochs": 1}, "zskt": {"pseudo_batches": 2, "batch_size": 32, "student_steps_per_pb": 2},
         "ood": {"steps": 3, "num_patches": 256, "batch_size": 32}}
@@ -50,3 +51,52 @@ def test_parallel_workers_give_the_same_table_as_one_process(tmp_path):
         assert (one[key]["acc"], one[key].get("asr")) == (two[key]["acc"], two[key].get("asr")), key
     summary = json.loads((job_dir(plan("two", 2), 0, "blend", "zskt", "sv+sr") / "summary.json").read_text())
     assert summary["defense_state"]["sr"]["config"]["fraction"] == 0.5  # --sr reached the defence
+
+
+def _fake_job(plan, seed, attack, kd, defense, acc, asr):
+    d = job_dir(plan, seed, attack, kd, defense)
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "summary.json").write_text(json.dumps({"final": {"acc": acc, "asr": asr}, "seconds": 1.0}))
+
+
+def test_claim_compares_paired_seeds_only(tmp_path):
+    plan = Plan(out=tmp_path, attacks=["badnet_sq"], kds=["zskt"], seeds=[0, 1])
+    _fake_job(plan, 0, "badnet_sq", "zskt", "none", 0.90, 0.60)
+    _fake_job(plan, 1, "badnet_sq", "zskt", "none", 0.90, 1.00)
+    _fake_job(plan, 1, "badnet_sq", "zskt", "sv+sr", 0.88, 0.45)  # seed 0's ABD run is missing
+    results = collect(plan)
+    c = claim(results[("badnet_sq", "zskt", "none")], results[("badnet_sq", "zskt", "sv+sr")])
+    # seed 1 alone: 100 -> 45 is halved; against the two-seed mean (80) it would not be
+    assert c["seeds"] == [1] and c["met"] and c["halved_on"] == 1
+    assert c["asr"] == (1.0, 0.45) and c["acc"] == (0.90, 0.88)
+    page = results_page(plan, results, "cmd", 1.0)
+    assert "yes (ASR 100.0 -> 45.0, Acc 90.0 -> 88.0; seeds 1, halved on 1 of 1)" in page
+    _fake_job(plan, 0, "badnet_sq", "zskt", "sv+sr", 0.80, 0.10)  # 10 points of Acc lost on seed 0
+    results = collect(plan)
+    c = claim(results[("badnet_sq", "zskt", "none")], results[("badnet_sq", "zskt", "sv+sr")])
+    assert c["seeds"] == [0, 1] and c["halved_on"] == 2 and not c["met"]
+
+
+def test_a_base_reproduction_lends_teachers_and_undefended_cells(tmp_path):
+    base = Plan(out=tmp_path / "base", attacks=["blend"], kds=["zskt"], seeds=[0])
+    base.out.mkdir()
+    (base.out / "plan.json").write_text(json.dumps({k: getattr(base, k) for k in SHARED_WITH_BASE}))
+    teacher = tmp_path / "base" / "teachers" / "seed0" / "blend.json"
+    teacher.parent.mkdir(parents=True)
+    teacher.write_text(json.dumps({"metrics": {"acc": 0.97, "asr": 1.0}}))
+    _fake_job(base, 0, "blend", "zskt", "none", 0.9, 1.0)
+    _fake_job(base, 0, "blend", "zskt", "sv+sr", 0.9, 0.9)   # the base's own ABD cell is not lent
+    plan = Plan(out=tmp_path / "mask", attacks=["blend"], kds=["zskt"], seeds=[0], sr={"search": "mask"},
+                base=base.out)
+    check_base(plan)
+    assert teacher_path(plan, 0, "blend") == teacher.with_suffix("")
+    assert job_dir(plan, 0, "blend", "zskt", "none").parent.parent.parent.parent == base.out
+    assert job_dir(plan, 0, "blend", "zskt", "sv+sr").is_relative_to(plan.out)
+    results = collect(plan)
+    assert results[("blend", "zskt", "none")]["asr"][0] == 1.0 and ("blend", "zskt", "sv+sr") not in results
+    assert results[("blend", "teacher", "none")]["acc"][0] == 0.97
+    assert "../base/RESULTS.md" in results_page(plan, results, "cmd", 1.0)
+    with pytest.raises(ValueError, match=r"its student \('lenet5_half'\) differ"):
+        check_base(Plan(out=tmp_path / "x", attacks=["blend"], kds=["zskt"], seeds=[0], student="lenet5", base=base.out))
+    with pytest.raises(ValueError, match="not a reproduction folder"):
+        check_base(Plan(out=tmp_path / "x", attacks=["blend"], kds=["zskt"], seeds=[0], base=tmp_path))
