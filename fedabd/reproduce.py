@@ -298,7 +298,8 @@ def claim(plain: dict, abd: dict) -> dict | None:
             "met": asr1 <= asr0 / 2 and 100 * (acc0 - acc1) <= 5}
 
 
-def _fmt(entry: dict | None) -> str:
+def _fmt(entry: dict | None, seeds: int = 0) -> str:
+    """``acc / asr`` in %, with the spread over seeds, and ``(n=k)`` where fewer than ``seeds`` seeds ran."""
     if entry is None:
         return "-"
     acc = entry["acc"]
@@ -308,6 +309,8 @@ def _fmt(entry: dict | None) -> str:
     if "asr" in entry:
         asr = entry["asr"]
         s += f" / {100 * asr[0]:.1f}" + (f"±{100 * asr[1]:.1f}" if asr[2] > 1 else "")
+    if acc[2] < seeds:
+        s += f" (n={acc[2]})"
     return s
 
 
@@ -316,17 +319,18 @@ def results_page(plan: Plan, results: dict, command: str, seconds: float, pendin
     cols = ["teacher"] + (["vanilla KD"] if "vanilla" in plan.kds else [])
     for kd in kds:
         cols += [kd] + ([f"{kd} + ABD"] if "sv+sr" in plan.defenses else [])
+    n_seeds = len(plan.seeds)
+    fmt = functools.partial(_fmt, seeds=n_seeds)
     rows = []
     for attack in ["clean", *plan.attacks]:
-        r = [attack, _fmt(results.get((attack, "teacher", "none")))]
+        r = [attack, fmt(results.get((attack, "teacher", "none")))]
         if "vanilla" in plan.kds:
-            r.append(_fmt(results.get((attack, "vanilla", "none"))))
+            r.append(fmt(results.get((attack, "vanilla", "none"))))
         for kd in kds:
-            r.append(_fmt(results.get((attack, kd, "none"))))
+            r.append(fmt(results.get((attack, kd, "none"))))
             if "sv+sr" in plan.defenses:
-                r.append(_fmt(results.get((attack, kd, "sv+sr"))))
+                r.append(fmt(results.get((attack, kd, "sv+sr"))))
         rows.append(r)
-    n_seeds = len(plan.seeds)
     lines = [f"# Reproduction: data-free KD of poisoned teachers, with and without ABD ({plan.dataset})", "",
              f"Command: `{command}`  ", f"Run time: {seconds / 60:.1f} min on this machine (2 CPU cores, {plan.jobs} worker process(es)); "
              f"seeds: {', '.join(map(str, plan.seeds))}; teacher {plan.teacher_arch} ({plan.teacher_epochs} epochs), "
@@ -343,7 +347,7 @@ def results_page(plan: Plan, results: dict, command: str, seconds: float, pendin
         abl_rows = []
         for attack in top:
             for kd in kds:
-                abl_rows.append([attack, kd] + [_fmt(results.get((attack, kd, d))) for d in ("none", "sv", "sr", "sv+sr")])
+                abl_rows.append([attack, kd] + [fmt(results.get((attack, kd, d))) for d in ("none", "sv", "sr", "sv+sr")])
         lines += ["## Ablation (attacks that transfer most)", "",
                   markdown_table(["attack", "method", "no defence", "SV only", "SR only", "SV + SR"], abl_rows)]
     lines += ["## The paper's claims checked", ""]
@@ -375,7 +379,7 @@ def results_page(plan: Plan, results: dict, command: str, seconds: float, pendin
     for attack, (t, z, za, ck) in PAPER.items():
         ours = [results.get((attack, "teacher", "none")), results.get((attack, "zskt", "none")),
                 results.get((attack, "zskt", "sv+sr")), results.get((attack, "vanilla", "none"))]
-        paper_rows.append([attack] + [f"{a:.1f} / {b:.1f}" for a, b in (t, z, za, ck)] + [_fmt(o) for o in ours])
+        paper_rows.append([attack] + [f"{a:.1f} / {b:.1f}" for a, b in (t, z, za, ck)] + [fmt(o) for o in ours])
     lines += ["## Beside the paper (CIFAR-10, WRN-16-2 -> WRN-16-1; spec section 5)", "",
               markdown_table(["attack", "paper teacher", "paper ZSKT", "paper ZSKT + ABD", "paper clean KD",
                               "our teacher", "our ZSKT", "our ZSKT + ABD", "our vanilla KD"], paper_rows)]

@@ -71,6 +71,7 @@ def test_claim_compares_paired_seeds_only(tmp_path):
     assert c["asr"] == (1.0, 0.45) and c["acc"] == (0.90, 0.88)
     page = results_page(plan, results, "cmd", 1.0)
     assert "yes (ASR 100.0 -> 45.0, Acc 90.0 -> 88.0; seeds 1, halved on 1 of 1)" in page
+    assert "| 90.0±0.0 / 80.0±28.3 | 88.0 / 45.0 (n=1) |" in page  # a cell with fewer seeds says so
     _fake_job(plan, 0, "badnet_sq", "zskt", "sv+sr", 0.80, 0.10)  # 10 points of Acc lost on seed 0
     results = collect(plan)
     c = claim(results[("badnet_sq", "zskt", "none")], results[("badnet_sq", "zskt", "sv+sr")])
