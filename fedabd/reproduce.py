@@ -70,9 +70,9 @@ def check_base(plan: Plan) -> None:
     other = json.loads(path.read_text())
     differ = [k for k in SHARED_WITH_BASE if other.get(k) != getattr(plan, k)]
     if differ:
-        raise ValueError(f"--base {plan.base}: its {', '.join(f'{k} ({other.get(k)!r})' for k in differ)} "
-                         f"differ from this run's ({', '.join(repr(getattr(plan, k)) for k in differ)}); "
-                         "teachers and cells are reused only when these match")
+        raise ValueError(f"--base {plan.base}: "
+                         + "; ".join(f"{k} is {other.get(k)!r} there, {getattr(plan, k)!r} here" for k in differ)
+                         + " (teachers and cells are reused only when these match)")
     if Path(plan.base).resolve() == Path(plan.out).resolve():
         raise ValueError("--base must be another folder than --out")
 

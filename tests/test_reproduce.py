@@ -97,7 +97,7 @@ def test_a_base_reproduction_lends_teachers_and_undefended_cells(tmp_path):
     assert results[("blend", "zskt", "none")]["asr"][0] == 1.0 and ("blend", "zskt", "sv+sr") not in results
     assert results[("blend", "teacher", "none")]["acc"][0] == 0.97
     assert "../base/RESULTS.md" in results_page(plan, results, "cmd", 1.0)
-    with pytest.raises(ValueError, match=r"its student \('lenet5_half'\) differ"):
+    with pytest.raises(ValueError, match=r"student is 'lenet5_half' there, 'lenet5' here"):
         check_base(Plan(out=tmp_path / "x", attacks=["blend"], kds=["zskt"], seeds=[0], student="lenet5", base=base.out))
     with pytest.raises(ValueError, match="not a reproduction folder"):
         check_base(Plan(out=tmp_path / "x", attacks=["blend"], kds=["zskt"], seeds=[0], base=tmp_path))
