@@ -352,7 +352,7 @@ def reproduce_cmd(
 
     from .data import dataset_info
     from .distill import DISTILLERS
-    from .reproduce import Plan, check_base, timed_run
+    from .reproduce import Plan, timed_run
 
     with user_errors():
         attacks = ATTACKS.names() if attack == "all" else _split_names(attack, ATTACKS)
@@ -376,7 +376,6 @@ def reproduce_cmd(
                     preset=preset, overrides=overrides, device=device, data_dir=data_dir,
                     sv=_parse_settings(sv, "--sv"), sr=_parse_settings(sr, "--sr"), jobs=jobs, base=base)
         build_defense("sv+sr", sv=plan.sv, sr=plan.sr)  # bad ABD settings fail before any work
-        check_base(plan)
         command = "fedabd " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else "fedabd reproduce ..."
         with progress_bar() as bar:
             jobs = bar.add_task("jobs", total=None, info="")

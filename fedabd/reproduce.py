@@ -7,7 +7,6 @@ so an interrupted reproduction resumes where it stopped.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
@@ -77,8 +76,8 @@ def check_base(plan: Plan) -> None:
         raise ValueError("--base must be another folder than --out")
 
 
-def _own_job_dir(plan: Plan, seed: int, attack: str, kd: str, defense: str) -> Path:
-    return Path(plan.out) / "runs" / f"seed{seed}" / attack / f"{kd}_{defense.replace('+', '_')}"
+def _job_path(root: Path, seed: int, attack: str, kd: str, defense: str) -> Path:
+    return Path(root) / "runs" / f"seed{seed}" / attack / f"{kd}_{defense.replace('+', '_')}"
 
 
 def teacher_path(plan: Plan, seed: int, attack: str) -> Path:
@@ -95,9 +94,9 @@ def teacher_path(plan: Plan, seed: int, attack: str) -> Path:
 def job_dir(plan: Plan, seed: int, attack: str, kd: str, defense: str) -> Path:
     """The job's folder: this plan's own, or the base reproduction's for a finished no-defence job
     (its result does not depend on the ABD settings, the only thing a plan with a base changes)."""
-    own = _own_job_dir(plan, seed, attack, kd, defense)
+    own = _job_path(plan.out, seed, attack, kd, defense)
     if plan.base is not None and defense == "none" and not _done(own):
-        theirs = _own_job_dir(dataclasses.replace(plan, out=Path(plan.base)), seed, attack, kd, defense)
+        theirs = _job_path(plan.base, seed, attack, kd, defense)
         if _done(theirs):
             return theirs
     return own
@@ -396,6 +395,7 @@ def write_page(plan: Plan, results: dict, command: str, seconds: float, pending:
 def timed_run(plan: Plan, command: str, notify: Notify | None = None, progress=None) -> Path:
     """Run the plan; the results page is rewritten after every finished job, so an interrupted
     reproduction still shows what it has (and re-running the command resumes it)."""
+    check_base(plan)  # before anything is written to plan.out
     t0 = time.perf_counter()
     state_file = plan.out / "elapsed.json"
     before = json.loads(state_file.read_text())["seconds"] if state_file.exists() else 0.0
