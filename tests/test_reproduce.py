@@ -91,7 +91,7 @@ def test_a_base_reproduction_lends_teachers_and_undefended_cells(tmp_path):
                 base=base.out)
     check_base(plan)
     assert teacher_path(plan, 0, "blend") == teacher.with_suffix("")
-    assert job_dir(plan, 0, "blend", "zskt", "none").parent.parent.parent.parent == base.out
+    assert job_dir(plan, 0, "blend", "zskt", "none") == base.out / "runs" / "seed0" / "blend" / "zskt_none"
     assert job_dir(plan, 0, "blend", "zskt", "sv+sr").is_relative_to(plan.out)
     results = collect(plan)
     assert results[("blend", "zskt", "none")]["asr"][0] == 1.0 and ("blend", "zskt", "sv+sr") not in results
