@@ -307,6 +307,65 @@ def test_mask_search_finds_a_one_pixel_trigger():
     assert m.min() >= 0 and m.max() <= 1 and p.min() >= -1 and p.max() <= 1
 
 
+class _RowsTeacher(nn.Module):
+    """4 classes on 1x4x4 inputs, class c from the mean of row c; with ``trigger`` class 1 also
+    fires on the bottom-right pixel (a one-pixel backdoor)."""
+
+    def __init__(self, trigger: bool) -> None:
+        super().__init__()
+        self.trigger = trigger
+
+    def forward(self, x):
+        out = 10.0 * x[:, 0].mean(2)
+        if self.trigger:
+            out = out + F.one_hot(torch.tensor(1), 4) * (20.0 * x[:, 0, 3, 3:4] - 5.0)
+        return out
+
+
+def test_auto_search_uses_the_mask_only_when_one_class_stands_out(caplog):
+    from fedabd.data.base import DatasetInfo
+
+    info = DatasetInfo("tiny", 4, 1, 4, (0.5,), (0.5,))
+    x = 0.1 * torch.randn(64, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    common = dict(portion=0.25, mask_steps=500, mask_l1=0.05)
+
+    def run(trigger, search, steps=3):
+        dist = _FakeDistiller(_RowsTeacher(trigger), _tiny(seed=2, dtype=torch.float32))
+        dist.info = info
+        sr = SelfRetrospection(SRConfig(search=search, **common))
+        grads, metrics = [], []
+        for _ in range(steps):
+            for p in dist.student.parameters():
+                p.grad = None
+            metrics.append(sr.final_phase_step(dist, x))
+            grads.append([p.grad.clone() for p in dist.student.parameters()])
+        return sr, grads, metrics
+
+    with caplog.at_level(logging.INFO, logger="fedabd.defenses.abd.sr"):
+        sr, grads, metrics = run(True, "auto")
+    st = sr.state()
+    assert st["search"] == "mask" and st["mask_class"] == 1 and st["mask_ratio"] < 0.6, st
+    assert "trigger: that mask" in caplog.text
+    _, mask_grads, mask_metrics = run(True, "mask")
+    assert metrics == mask_metrics
+    for a, b in zip(grads, mask_grads):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+
+    # no class stands out (no backdoor): the paper's search, and exactly the run it would have been
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fedabd.defenses.abd.sr"):
+        sr, grads, metrics = run(False, "auto")
+    st = sr.state()
+    assert st["search"] == "perturbation" and st["mask_ratio"] > 0.9, st
+    assert "perturbation search (ratio not below 0.6)" in caplog.text
+    _, pert_grads, pert_metrics = run(False, "perturbation")
+    assert metrics == pert_metrics and "sr_trigger_kl" in metrics[0]
+    for a, b in zip(grads, pert_grads):
+        assert all(torch.equal(u, v) for u, v in zip(a, b))
+    with pytest.raises(ValueError, match="mask_ratio"):
+        SRConfig(search="auto", mask_ratio=1.5)
+
+
 # -- end to end: SR unlearns a backdoor of a tiny student -----------------------------------------
 
 def _stamp(x):
