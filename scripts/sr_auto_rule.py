@@ -8,7 +8,7 @@ keeps the mask and the paper-search run otherwise (the class search draws no ran
 ``tests/test_sr.py::test_auto_search_uses_the_mask_only_when_one_class_stands_out``), so its
 Acc / ASR is read from the matching column.
 
-    python scripts/sr_auto_rule.py [--ratio 0.6] [--paper results/reproduce] [--mask results/reproduce_mask]
+    python scripts/sr_auto_rule.py [--ratio 0.6] [--fit-seed 0] [--paper results/reproduce] [--mask results/reproduce_mask]
 """
 from __future__ import annotations
 
@@ -52,36 +52,40 @@ def _met(z: dict, d: dict) -> bool:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ratio", type=float, default=0.6)
+    ap.add_argument("--fit-seed", type=int, default=0, help="the seed the ratio was chosen on")
     ap.add_argument("--paper", type=Path, default=Path("results/reproduce"))
     ap.add_argument("--mask", type=Path, default=Path("results/reproduce_mask"))
     args = ap.parse_args()
     found = rows(args.paper, args.mask)
-    print("| seed | attack | class found | ratio | ZSKT | ABD paper search | ABD mask search | auto picks | auto: claim met |")
+    print("| seed | attack | class found | ratio | ZSKT | ABD paper search | ABD mask search | auto picks "
+          "| claim met: paper / mask / auto |")
     print("|---|---|---|---|---|---|---|---|---|")
-    lower_picked, met = 0, {"paper": 0, "mask": 0, "auto": 0}
     for r in found:
-        pick = "mask" if r["ratio"] < args.ratio else "paper"
-        r["auto"] = r[pick]
-        for k in ("paper", "mask", "auto"):
-            met[k] += _met(r["zskt"], r[k])
-        if r["backdoor"]:
-            lower = "mask" if r["mask"]["asr"] < r["paper"]["asr"] else "paper"
-            lower_picked += pick == lower
+        r["pick"] = "mask" if r["ratio"] < args.ratio else "paper"
+        r["auto"] = r[r["pick"]]
+        r["met"] = {k: _met(r["zskt"], r[k]) for k in ("paper", "mask", "auto")}
+        r["lower"] = r["backdoor"] and r["pick"] == ("mask" if r["mask"]["asr"] < r["paper"]["asr"] else "paper")
+        met = " / ".join("yes" if r["met"][k] else "no" for k in ("paper", "mask", "auto"))
         print(f"| {r['seed']} | {r['attack']} | {r['class']}{' (target)' if r['right'] and r['backdoor'] else ''} "
-              f"| {r['ratio']:.2f} | {_cell(r['zskt'])} | {_cell(r['paper'])} | {_cell(r['mask'])} | {pick} "
-              f"| {'yes' if _met(r['zskt'], r['auto']) else 'no'} |")
-    n = sum(r["backdoor"] for r in found)
-    sep = [r for r in found if r["backdoor"]]
-    print(f"\n{len(found)} runs ({n} with a backdoor), rule: mask if ratio < {args.ratio}.")
-    print(f"auto picked the column with the lower ASR in {lower_picked} of {n} backdoor runs.")
-    print(f"claim met (ASR >= 50 % halved, <= 5 Acc points lost): paper search {met['paper']}, "
-          f"mask search {met['mask']}, auto {met['auto']} of {n}.")
-    right = [r["ratio"] for r in sep if r["right"]]
+              f"| {r['ratio']:.2f} | {_cell(r['zskt'])} | {_cell(r['paper'])} | {_cell(r['mask'])} | {r['pick']} "
+              f"| {met} |")
+    print(f"\nRule: mask if ratio < {args.ratio} (chosen on seed {args.fit_seed}).")
+    groups = [("all seeds", found)]
+    held_out = [r for r in found if r["seed"] != args.fit_seed]
+    if held_out and len(held_out) < len(found):
+        groups.append((f"held out (seeds other than {args.fit_seed})", held_out))
+    for name, group in groups:
+        backdoor = [r for r in group if r["backdoor"]]
+        n = len(backdoor)
+        counts = {k: sum(r["met"][k] for r in backdoor) for k in ("paper", "mask", "auto")}
+        print(f"- {name}: {len(group)} runs, {n} with a backdoor; auto took the column with the lower ASR in "
+              f"{sum(r['lower'] for r in backdoor)} of {n}; claim met (ASR >= 50 % halved, <= 5 Acc points "
+              f"lost): paper search {counts['paper']}, mask search {counts['mask']}, auto {counts['auto']} of {n}.")
+    right = [r["ratio"] for r in found if r["right"] and r["backdoor"]]
     wrong = [r["ratio"] for r in found if not (r["right"] and r["backdoor"])]
     if right and wrong:
-        print(f"ratio where the class found is the target: {min(right):.2f}-{max(right):.2f}; "
-              f"otherwise (wrong class or no backdoor): {min(wrong):.2f}-{max(wrong):.2f}.")
-
+        print(f"- ratio where the class found is the target: {min(right):.2f}-{max(right):.2f} ({len(right)} runs); "
+              f"otherwise (wrong class or no backdoor): {min(wrong):.2f}-{max(wrong):.2f} ({len(wrong)} runs).")
 
 if __name__ == "__main__":
     main()
