@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedabd.data import DatasetInfo
+from fedabd.data import DatasetInfo, to_float
 from fedabd.data.single_image import DEFAULT_IMAGE, SHIPPED_IMAGES, load_source_image
 from fedabd.distill import DISTILLERS, Defense, create_distiller
 from fedabd.distill.losses import kl_div
@@ -192,6 +192,28 @@ def test_loss_plain_mean_and_weighted_contract():
     assert d2.combine(per, w).item() == pytest.approx((per[~m].mean() - 0.1 * per[m].mean()).item(), rel=1e-5)
     with pytest.raises(ValueError):
         d2.combine(per, torch.ones(3))
+
+
+def test_negative_weights_unlearn_only_up_to_a_uniform_student():
+    """SV's OOD term is gradient ascent on the KL of suspicious samples: capped, the student stops
+    at a uniform student's loss; uncapped (the formula as written) the KL runs away."""
+    class Ascent(Defense):
+        def sample_weights(self, distiller, x, t_logits):
+            w = torch.full((len(x),), 1.0)
+            w[::2] = -1.0  # half the batch unlearned, with a weight as large as the rest's
+            return w
+
+    final = {}
+    for capped in (True, False):
+        d = distiller(defense=Ascent(), steps=60, batch_size=16, lr=0.05, ascent_cap=capped)
+        d.run()
+        x = d.info.normalize(to_float(d.pool[:64])).to(d.device)
+        with torch.no_grad():
+            t, s = d.teacher(x), d.student(x)
+        final[capped] = (d.sample_loss(t, s).mean().item(), d.sample_loss(t, torch.zeros_like(s)).mean().item())
+    (kl_c, uniform), (kl_u, _) = final[True], final[False]
+    assert kl_c < 3 * uniform  # bounded at the scale of a student that knows nothing
+    assert kl_u > 10 * kl_c  # without the cap the ascent diverges
 
 
 def test_without_tau_squared():
