@@ -10,7 +10,8 @@ collapses under the shuffle; a backdoor shortcut survives it. Per sample::
     L_SV = -lam * sum_i m_i r_i / sum_i m_i                 (0 when no sample is suspicious)
 
 Generator methods (ZSKT, CMI) add ``L_SV`` to the generator / inversion loss; methods without a
-generator (OOD) re-weight the student loss: ``mean_{m=0} l_i - lam * mean_{m=1} l_i``.
+generator (OOD) re-weight the student loss: ``mean_{m=0} l_i - lam * mean_{m=1} l_i`` (OOD caps the
+ascending part at a uniform student's loss by default, its ``ascent_cap``: uncapped, it diverged).
 
 Shuffle selection (``select=True``, optional as in the spec and off by default as in the reference
 implementation): after a warm-up, on cached synthetic samples, a draw is kept if more than
