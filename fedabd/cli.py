@@ -346,6 +346,9 @@ def reproduce_cmd(
     data_dir: Annotated[Optional[str], typer.Option()] = None,
     base: Annotated[Optional[Path], typer.Option(help="Reuse the teachers and no-defence cells of this reproduction "
                                                  "(same data, models, preset, --set), e.g. to compare ABD settings.")] = None,
+    base_cells: Annotated[bool, typer.Option("--base-cells/--base-teachers-only",
+                                             help="With --base: reuse its no-defence cells too, or only its "
+                                                  "teachers (when the distillers changed since it ran).")] = True,
 ) -> None:
     """The paper's single-teacher experiment: teachers, vanilla KD, ZSKT/CMI/OOD without and with ABD, ablation; a results page."""
     import sys
@@ -374,7 +377,7 @@ def reproduce_cmd(
                     teacher_arch=teacher_arch or ("wrn16_2" if rgb else "lenet5"),
                     student=student or ("wrn16_1" if rgb else "lenet5_half"), teacher_epochs=teacher_epochs,
                     preset=preset, overrides=overrides, device=device, data_dir=data_dir,
-                    sv=_parse_settings(sv, "--sv"), sr=_parse_settings(sr, "--sr"), jobs=jobs, base=base)
+                    sv=_parse_settings(sv, "--sv"), sr=_parse_settings(sr, "--sr"), jobs=jobs, base=base, base_cells=base_cells)
         build_defense("sv+sr", sv=plan.sv, sr=plan.sr)  # bad ABD settings fail before any work
         command = "fedabd " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else "fedabd reproduce ..."
         with progress_bar() as bar:

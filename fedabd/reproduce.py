@@ -53,6 +53,7 @@ class Plan:
     sr: dict = field(default_factory=dict)
     jobs: int = 1                           # worker processes (cells run side by side)
     base: Path | None = None                # another reproduction: its teachers and no-defence cells are reused
+    base_cells: bool = True                 # False: only the base's teachers (its cells ran older code)
 
 
 # what a base reproduction must share for its teachers and no-defence cells to be this plan's
@@ -95,7 +96,7 @@ def job_dir(plan: Plan, seed: int, attack: str, kd: str, defense: str) -> Path:
     """The job's folder: this plan's own, or the base reproduction's for a finished no-defence job
     (its result does not depend on the ABD settings, the only thing a plan with a base changes)."""
     own = _job_path(plan.out, seed, attack, kd, defense)
-    if plan.base is not None and defense == "none" and not _done(own):
+    if plan.base is not None and plan.base_cells and defense == "none" and not _done(own):
         theirs = _job_path(plan.base, seed, attack, kd, defense)
         if _done(theirs):
             return theirs

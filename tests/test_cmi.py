@@ -152,7 +152,7 @@ class Recorder(Defense):
         assert distiller.in_final_phase
         assert all(p.grad is not None for p in distiller.student.parameters())
         self.final_calls.append(distiller.iteration_index)
-        self.lrs.append(distiller.opt.param_groups[0]["lr"])
+        self.lrs.append(distiller.student_opt.param_groups[0]["lr"])
         return {"sr_metric": 1.5}
 
 

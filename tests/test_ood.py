@@ -142,8 +142,25 @@ def test_teacher_labels_the_mixed_images():
     d._pos, d._order = pos, order
     from fedabd.data import to_float
     x = to_float(d.pool[d._next_index()])
-    mixed, _, _ = cutmix(x, 1.0, d.generator)
+    from fedabd.train import augment_batch
+    x = augment_batch(x, GRAY.hflip, d.generator)  # the online crop + flip comes first
+    mixed, _, _ = cutmix(x, 0.25, d.generator)
     assert torch.allclose(seen[0], GRAY.normalize(mixed))
+
+
+def test_online_augmentation_can_be_switched_off():
+    d = distiller(batch_size=8, online_augment=False, cutmix_alpha=0.0)
+    d.setup()
+    seen = []
+    orig = d.teacher_logits
+    d.teacher_logits = lambda x, grad=False: (seen.append(x.clone()), orig(x, grad))[1]
+    gen_state = d.generator.get_state()
+    pos, order = d._pos, d._order.clone()
+    d.iteration(0)
+    d.generator.set_state(gen_state)
+    d._pos, d._order = pos, order
+    from fedabd.data import to_float
+    assert torch.allclose(seen[0], GRAY.normalize(to_float(d.pool[d._next_index()])))
 
 
 # -- loss and defence contract --------------------------------------------------------------------
@@ -180,7 +197,7 @@ def test_loss_plain_mean_and_weighted_contract():
     d2.setup()
     with torch.no_grad():
         s = d2.student(x)
-    per = 64.0 * kl_div(t, s, 8.0, reduction="none")
+    per = kl_div(t, s, 8.0, reduction="none") / 10  # the authors' scale: KL_8 / C, no tau^2
     assert out["loss"] == pytest.approx(per.mean().item(), rel=1e-5)
     out2 = d2.iteration(0)
     assert torch.equal(d2.defense.seen[0][0], x)  # same seed, same batch
@@ -217,10 +234,30 @@ def test_negative_weights_unlearn_only_up_to_a_uniform_student():
     assert kl_u > 10 * kl_c  # without the cap the ascent diverges
 
 
-def test_without_tau_squared():
-    d = distiller(tau_squared=False)
+def test_loss_scales():
     t, s = torch.randn(4, 10), torch.randn(4, 10)
-    assert torch.allclose(d.sample_loss(t, s), kl_div(t, s, 8.0, reduction="none"))
+    kl = kl_div(t, s, 8.0, reduction="none")
+    assert torch.allclose(distiller().sample_loss(t, s), kl / 10)  # default: the authors' KL / C
+    old = distiller(tau_squared=True, kl_reduction="batchmean")  # fedabd's earlier tau^2 * KL
+    assert torch.allclose(old.sample_loss(t, s), 64.0 * kl)
+    # SR unlearns at the KD temperature with the tau^2 factor, whatever the KD loss's scale
+    assert torch.allclose(distiller().sr_divergence(t, s), 64.0 * kl)
+    # hand-computed on known logits: T = [0, log 3] -> p = (1/4, 3/4); S = 0 -> q = (1/2, 1/2)
+    import math
+    t2, s2 = torch.tensor([[0.0, 8 * math.log(3.0)]]), torch.zeros(1, 2)
+    want = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    assert distiller().sample_loss(t2, s2).item() == pytest.approx(want / 2, rel=1e-5)
+
+
+def test_step_schedule_halves_the_lr_at_half_the_run():
+    d = distiller(steps=8)
+    rows = []
+    d.run(progress=lambda i, n, row: rows.append(row))
+    assert [r["lr"] for r in rows] == pytest.approx([3e-3] * 4 + [1.5e-3] * 4)
+    d = distiller(steps=8, schedule="cosine")
+    rows = []
+    d.run(progress=lambda i, n, row: rows.append(row))
+    assert rows[0]["lr"] == pytest.approx(3e-3) and rows[-1]["lr"] < 3e-4
 
 
 def test_zero_weights_leave_student_unchanged():
@@ -243,7 +280,7 @@ class FinalPhaseRecorder(Defense):
     def final_phase_step(self, distiller, x):
         # the KD gradient is already there when the hook runs
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in distiller.student.parameters())
-        self.calls.append((distiller.iteration_index, distiller.opt.param_groups[0]["lr"], tuple(x.shape)))
+        self.calls.append((distiller.iteration_index, distiller.student_opt.param_groups[0]["lr"], tuple(x.shape)))
         return {"sr_loss": 0.5}
 
 
@@ -265,7 +302,7 @@ def test_registered_and_presets():
     assert OODDistiller.unit == "step" and not OODDistiller.needs_real_data
     cpu, paper = OODDistiller.presets["cpu"], OODDistiller.presets["paper"]
     assert cpu == OODConfig()
-    assert (paper.tau, paper.lr, paper.batch_size, paper.cutmix_alpha, paper.num_patches) == (8.0, 1e-3, 512, 1.0, 50_000)
+    assert (paper.tau, paper.lr, paper.batch_size, paper.cutmix_alpha, paper.num_patches) == (8.0, 1e-3, 512, 0.25, 50_000)
     assert cpu.tau == 8.0 and cpu.lr == 3e-3 and cpu.sr_lr == 5e-4 and cpu.image == DEFAULT_IMAGE
     d = create_distiller("ood", model("lenet5"), model("lenet5_half"), GRAY, preset="paper")
     assert d.total_iterations == paper.steps
@@ -321,3 +358,21 @@ def test_mnist_end_to_end(mnist_clean_teacher):
     acc = evaluate(res.student, test)["acc"]
     print(f"OOD student acc {acc:.4f}")
     assert acc >= 0.5, acc
+
+
+def test_sv_weights_are_off_in_the_sr_phase():
+    class Both(Defense):
+        final_phase_fraction = 0.5
+
+        def __init__(self):
+            self.weight_calls: list[bool] = []
+
+        def sample_weights(self, distiller, x, t_logits):
+            self.weight_calls.append(distiller.in_final_phase)
+            return torch.ones(x.shape[0])
+
+    for keep in (False, True):
+        rec = Both()
+        distiller(defense=rec, steps=4, sv_in_final_phase=keep).run()
+        # the authors' SR branch trains without SV's re-weighting; the option keeps it
+        assert rec.weight_calls == ([False, False, True, True] if keep else [False, False])

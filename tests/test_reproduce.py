@@ -97,6 +97,12 @@ def test_a_base_reproduction_lends_teachers_and_undefended_cells(tmp_path):
     assert results[("blend", "zskt", "none")]["asr"][0] == 1.0 and ("blend", "zskt", "sv+sr") not in results
     assert results[("blend", "teacher", "none")]["acc"][0] == 0.97
     assert "../base/RESULTS.md" in results_page(plan, results, "cmd", 1.0)
+    # --base-teachers-only: the teachers are lent, the no-defence cells run again here
+    fresh = Plan(out=tmp_path / "faithful", attacks=["blend"], kds=["zskt"], seeds=[0], base=base.out,
+                 base_cells=False)
+    assert teacher_path(fresh, 0, "blend") == teacher.with_suffix("")
+    assert job_dir(fresh, 0, "blend", "zskt", "none").is_relative_to(fresh.out)
+    assert ("blend", "zskt", "none") not in collect(fresh)
     with pytest.raises(ValueError, match=r"student is 'lenet5_half' there, 'lenet5' here"):
         check_base(Plan(out=tmp_path / "x", attacks=["blend"], kds=["zskt"], seeds=[0], student="lenet5", base=base.out))
     with pytest.raises(ValueError, match="not a reproduction folder"):

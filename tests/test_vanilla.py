@@ -127,7 +127,7 @@ class FinalPhaseRecorder(Defense):
         self.calls: list[tuple[int, float]] = []
 
     def final_phase_step(self, distiller, x):
-        self.calls.append((distiller.iteration_index, distiller.opt.param_groups[0]["lr"]))
+        self.calls.append((distiller.iteration_index, distiller.student_opt.param_groups[0]["lr"]))
         return {"sr": 1.0}
 
 

@@ -111,11 +111,11 @@ def _count_forwards(module: torch.nn.Module) -> list:
     return calls
 
 
-@pytest.mark.parametrize("naive", [False, True])
-def test_teacher_and_generator_calls_per_pseudo_batch(naive):
+@pytest.mark.parametrize("naive,batch", [(False, "before"), (False, "after"), (True, "after")])
+def test_teacher_and_generator_calls_per_pseudo_batch(naive, batch):
     n_s, pbs = 3, 2
     d = distiller(model("lenet5", GRAY), model("lenet5_half", GRAY), pseudo_batches=pbs,
-                  student_steps_per_pb=n_s, naive=naive)
+                  student_steps_per_pb=n_s, naive=naive, student_batch=batch)
     t_calls = _count_forwards(d.teacher)
     g_calls: list = []
     original = d.setup
@@ -127,7 +127,8 @@ def test_teacher_and_generator_calls_per_pseudo_batch(naive):
     d.setup = setup
     d.run()
     per_pb_teacher = 1 + n_s if naive else 2   # G step + (every student step | once, cached)
-    per_pb_gen = 1 + n_s if naive else 1       # cached: the G step's batch is reused
+    # cached: the G step's batch is reused ("before") or G(z) is drawn once more after its step ("after")
+    per_pb_gen = 1 + n_s if naive else (1 if batch == "before" else 2)
     assert len(t_calls) == pbs * per_pb_teacher
     assert len(g_calls) == pbs * per_pb_gen
     assert d.teacher_calls == len(t_calls)
@@ -156,7 +157,7 @@ class RecordingDefense(Defense):
     def final_phase_step(self, distiller, x):
         assert not x.requires_grad
         grads_ready = all(p.grad is not None for p in distiller.student.parameters())
-        self.final_calls.append((distiller.iteration_index, distiller.opt_s.param_groups[0]["lr"], grads_ready))
+        self.final_calls.append((distiller.iteration_index, distiller.student_opt.param_groups[0]["lr"], grads_ready))
         return {"sr_called": 1.0}
 
 
@@ -174,8 +175,8 @@ def test_defense_hooks_and_final_phase_lr():
     assert all(ready for *_, ready in defense.final_calls)  # called after backward
     assert [r["phase"] for r in rows] == ["main", "main", "final", "final"]
     assert ["sr_called" in r for r in rows] == [False, False, True, True]
-    assert d.opt_s.param_groups[0]["lr"] == pytest.approx(3e-4)  # the cosine did not overwrite it
-    assert rows[1]["lr_s"] < 2e-3  # the cosine was running in the main phase
+    assert d.student_opt.param_groups[0]["lr"] == pytest.approx(3e-4)  # the cosine did not overwrite it
+    assert rows[1]["lr"] < 2e-3  # the cosine was running in the main phase
 
 
 def test_attention_transfer_on_for_wrn_pair():
@@ -268,3 +269,87 @@ def test_clean_lenet_teacher_distils_to_80_percent():
     acc = evaluate(result.student, test)["acc"]
     print(f"ZSKT 150 pseudo-batches: acc {acc:.4f} in {time.perf_counter() - t0:.1f}s (teacher {teacher.metrics['acc']:.4f})")
     assert acc >= 0.80
+
+
+# -- the authors' loss scale and SR phase -----------------------------------------------------------
+def test_kl_scale_is_the_authors_kl_over_classes():
+    """On known logits: T = (0, log 3, 0, 0) -> p = (1/6, 1/2, 1/6, 1/6); S = 0 -> q = 1/4 each."""
+    import math
+    d = distiller(model("lenet5", GRAY), model("lenet5_half", GRAY))
+    t = torch.tensor([[0.0, math.log(3.0), 0.0, 0.0]])
+    s = torch.zeros(1, 4)
+    kl = 3 * (1 / 6) * math.log((1 / 6) / 0.25) + 0.5 * math.log(0.5 / 0.25)
+    assert d.divergence(t, s).item() == pytest.approx(kl / 4, rel=1e-6)  # PyTorch's 'mean': / (B * C)
+    assert d.sr_divergence(t, s).item() == pytest.approx(kl / 4, rel=1e-6)
+    old = distiller(model("lenet5", GRAY), model("lenet5_half", GRAY), kl_reduction="batchmean")
+    assert old.divergence(t, s).item() == pytest.approx(kl, rel=1e-6)
+    # and the student loss of a run uses it: loss_s = KL / C + beta * AT (no AT for LeNet at 16 px)
+    rows = []
+    d.run(progress=lambda i, n, row: rows.append(row))
+    assert rows[-1]["kl_s"] < 0.25  # KL / 10 of an untrained pair; the per-sample KL is about 10x
+
+
+def test_student_steps_use_the_generator_output_after_its_step():
+    for batch in ("after", "before"):
+        d = distiller(model("lenet5", GRAY), model("lenet5_half", GRAY), pseudo_batches=2, student_batch=batch)
+        seen: dict = {"gen": [], "after": [], "student": []}
+        orig_g, orig_s = d._generator_step, d._student_step
+
+        def gen_step(z, orig_g=orig_g, d=d, seen=seen):
+            loss, x = orig_g(z)
+            seen["gen"].append(x)
+            with torch.no_grad():
+                seen["after"].append(d._sample(z))
+            return loss, x
+
+        def student_step(x, t, a, orig_s=orig_s, seen=seen):
+            seen["student"].append(x)
+            return orig_s(x, t, a)
+
+        d._generator_step, d._student_step = gen_step, student_step
+        d.run()
+        firsts = seen["student"][::TINY["student_steps_per_pb"]]
+        for x, x_gen, x_after in zip(firsts, seen["gen"], seen["after"]):
+            if batch == "after":
+                assert torch.equal(x, x_after) and not torch.equal(x, x_gen)  # G moved; the student sees G(z) after it
+            else:
+                assert torch.equal(x, x_gen)
+
+
+def test_sr_phase_fresh_adam_annealed_to_zero_without_clipping():
+    from fedabd.defenses import build_defense
+
+    d = distiller(model("lenet5", GRAY), model("lenet5_half", GRAY), pseudo_batches=6, student_steps_per_pb=2,
+                  sr_lr=4e-4, defense=build_defense("sr", sr={"fraction": 0.5, "trigger_steps": 1}))
+    clips: list[bool] = []
+    opts: list = []
+    orig_clip = d._clip
+
+    def clip(params):
+        clips.append(d.in_final_phase)
+        return orig_clip(params)
+
+    d._clip = clip
+    rows = []
+
+    def progress(i, n, row):
+        rows.append(row)
+        opts.append((d.student_opt, len(d.student_opt.state)))
+
+    d.run(progress=progress)
+    assert [r["phase"] for r in rows] == ["main"] * 3 + ["final"] * 3
+    final = [r["lr"] for r in rows[3:]]
+    assert final == pytest.approx([4e-4, 4e-4 * 0.75, 4e-4 * 0.25])  # cosine over the 3 SR pseudo-batches
+    assert d.student_opt.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)  # ... reaching 0 at the end
+    assert opts[2][0] is not opts[3][0]  # a fresh Adam for the SR phase
+    # clipping: main pseudo-batches clip the generator step and both student steps (3 calls each);
+    # SR pseudo-batches only the generator step (the authors' SR branch does not clip the student)
+    assert clips.count(False) == 3 * 3 and clips.count(True) == 3
+    # fedabd's earlier phase, as an option: same optimiser, constant LR, clipped
+    d2 = distiller(model("lenet5", GRAY), model("lenet5_half", GRAY), pseudo_batches=6, student_steps_per_pb=2,
+                   sr_lr=4e-4, defense=build_defense("sr", sr={"fraction": 0.5, "trigger_steps": 1,
+                                                              "fresh_optimizer": False, "lr_schedule": "constant",
+                                                              "clip": True}))
+    rows2 = []
+    d2.run(progress=lambda i, n, row: rows2.append(row))
+    assert [r["lr"] for r in rows2[3:]] == pytest.approx([4e-4] * 3)

@@ -9,7 +9,7 @@ import dataclasses
 
 import torch
 
-from ..distill.base import Defense, make_config
+from ..distill.base import Defense, FinalPhase, make_config
 
 DEFENSES = ("none", "sv", "sr", "sv+sr")
 
@@ -23,6 +23,12 @@ class CombinedDefense(Defense):
     @property
     def final_phase_fraction(self) -> float:  # type: ignore[override]
         return max(p.final_phase_fraction for p in self.parts.values())
+
+    @property
+    def final_phase_optimizer(self) -> FinalPhase:  # type: ignore[override]
+        """That of the part with the longest final phase (only SR has one)."""
+        part = max(self.parts.values(), key=lambda p: p.final_phase_fraction)
+        return part.final_phase_optimizer
 
     def setup(self, distiller) -> None:
         for p in self.parts.values():

@@ -43,12 +43,18 @@ class Defense:
       None = uniform (plain mean).
     - ``final_phase_fraction``: the fraction of the run at its end that is the defence's final
       phase (SR); 0 = none. During it the distiller calls ``final_phase_step``.
+    - ``final_phase_optimizer``: how the student's optimiser runs in the final phase, a
+      :class:`FinalPhase` (fresh state or not, LR schedule, gradient clipping).
     - ``final_phase_step(distiller, x)``: called in the final phase after the KD loss was
       back-propagated and before the optimiser step; adds its own gradients to the student.
     - ``state()``: JSON-able decisions to save with the run (e.g. SV's shuffle selection).
     """
 
     final_phase_fraction: float = 0.0
+
+    @property
+    def final_phase_optimizer(self) -> "FinalPhase":
+        return FinalPhase()
 
     def setup(self, distiller: "Distiller") -> None:  # pragma: no cover - trivial
         pass
@@ -67,6 +73,23 @@ class Defense:
 
     def state(self) -> dict:
         return {}
+
+
+@dataclass(frozen=True)
+class FinalPhase:
+    """The student optimiser of a defence's final phase (the LR itself is the method's ``sr_lr``).
+
+    - ``fresh``: a new optimiser of the same kind and settings, with empty state (momentum / Adam
+      moments), instead of carrying the main phase's state over.
+    - ``schedule``: ``"cosine"`` anneals the LR from ``sr_lr`` to 0 over the final phase (stepped
+      once per iteration, the method's unit); ``"constant"`` holds ``sr_lr``.
+    - ``clip``: keep the method's gradient-norm clipping (if it has one) on the final phase's
+      combined KD + defence gradient.
+    """
+
+    fresh: bool = False
+    schedule: str = "constant"
+    clip: bool = True
 
 
 def make_config(config_cls: type, presets: dict[str, Any], preset: str = "cpu", overrides: dict | None = None):
@@ -96,7 +119,13 @@ class DistillResult:
 
 
 class Distiller:
-    """Base class. Subclasses set ``config_cls``/``presets`` and implement ``setup`` and ``iteration``."""
+    """Base class. Subclasses set ``config_cls``/``presets`` and implement ``setup`` and ``iteration``.
+
+    ``setup`` must create the student's optimiser as ``self.student_opt`` and every config must have
+    ``sr_lr``: the base class switches that optimiser to the defence's final phase
+    (:meth:`on_final_phase`); a method's own LR schedule must leave the LR alone while
+    ``self.in_final_phase``.
+    """
 
     config_cls: ClassVar[type]
     presets: ClassVar[dict[str, Any]]
@@ -128,6 +157,7 @@ class Distiller:
             self.student.to(memory_format=torch.channels_last)
         self.iteration_index = 0
         self.in_final_phase = False
+        self.final_phase_sched: torch.optim.lr_scheduler.LRScheduler | None = None
 
     # -- to implement ---------------------------------------------------------------------------
     @property
@@ -160,6 +190,18 @@ class Distiller:
             return out[0].float(), out[1]
         return out.float()
 
+    # -- how Self-Retrospection measures this method's outputs ----------------------------------
+    #: SR's outer loss detaches the clean branch S(x) (the authors' ZSKT does, their CMI / OOD don't)
+    sr_detach_clean: ClassVar[bool] = False
+    #: weight of ||delta||^2 added to SR's trigger-search objective (the authors' ZSKT: 1e-3)
+    sr_trigger_reg: ClassVar[float] = 0.0
+
+    def sr_divergence(self, p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+        """Per-sample divergence ``D(p || q)`` (shape ``(B,)``) that SR maximises / unlearns for this
+        method: the form of the authors' SR for it. Default: KL at temperature 1."""
+        from .losses import kl_div
+        return kl_div(p_logits, q_logits, reduction="none")
+
     @property
     def final_phase_start(self) -> int:
         frac = self.defense.final_phase_fraction
@@ -168,7 +210,34 @@ class Distiller:
         return max(0, self.total_iterations - max(1, math.ceil(frac * self.total_iterations)))
 
     def on_final_phase(self) -> None:
-        """Called once when the defence's final phase starts (methods reset their student LR here)."""
+        """Called once when the defence's final phase starts: the student optimiser
+        (``self.student_opt``) is switched to the defence's :class:`FinalPhase` at ``cfg.sr_lr``."""
+        plan = self.defense.final_phase_optimizer
+        opt = getattr(self, "student_opt", None)
+        if opt is None or not hasattr(self.cfg, "sr_lr"):
+            raise TypeError(f"{type(self).__name__} has a final phase but no student_opt / cfg.sr_lr "
+                            "(see the Distiller docstring)")
+        lr = float(self.cfg.sr_lr)
+        if plan.fresh:
+            settings = {k: v for k, v in opt.defaults.items() if k != "lr"}
+            opt = type(opt)(opt.param_groups[0]["params"], lr=lr, **settings)
+            self.student_opt = opt
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if plan.schedule == "cosine":
+            n = max(1, self.total_iterations - self.final_phase_start)
+            self.final_phase_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n)
+        elif plan.schedule != "constant":
+            raise ValueError(f"unknown final-phase LR schedule {plan.schedule!r}")
+
+    @property
+    def clip_student(self) -> bool:
+        """Whether the method's student gradient clipping applies now (off in a final phase whose
+        :class:`FinalPhase` says so)."""
+        return not self.in_final_phase or self.defense.final_phase_optimizer.clip
+
+    def student_lr(self) -> float:
+        return float(self.student_opt.param_groups[0]["lr"])
 
     def run(self, progress: Progress | None = None, evaluate: EvalFn | None = None,
             eval_every: int = 0) -> DistillResult:
@@ -185,9 +254,12 @@ class Distiller:
                 self.on_final_phase()
                 self.defense.enter_final_phase(self)
             self.student.train()
+            lr = self.student_lr()
             metrics = self.iteration(it)
+            if self.final_phase_sched is not None:
+                self.final_phase_sched.step()
             last = it == total - 1
-            row = {"iteration": it + 1, "phase": "final" if self.in_final_phase else "main", **metrics}
+            row = {"iteration": it + 1, "phase": "final" if self.in_final_phase else "main", "lr": lr, **metrics}
             if evaluate is not None and (last or (eval_every and (it + 1) % eval_every == 0)):
                 self.student.eval()
                 row.update(evaluate(self.student))

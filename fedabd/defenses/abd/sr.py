@@ -2,10 +2,18 @@
 
 In the final ``fraction`` of the run every student step additionally does:
 
+**The divergence.** ``D(p || q)`` below is the distiller's own (:meth:`Distiller.sr_divergence`,
+``divergence="method"``), the form the authors' SR uses for each method: ZSKT the KL at
+temperature 1 divided by the number of classes; CMI and OOD ``tau^2 * KL_tau`` at their KD
+temperature (20 and 8). ``divergence="kl1"`` (fedabd's earlier form) uses the plain KL at
+temperature 1 for every method.
+
 1. **Trigger synthesis.** One universal perturbation ``delta`` of shape ``1 x C x H x W`` is found by
-   ``trigger_steps`` Adam steps (lr ``trigger_lr``) maximising ``mean_i KL(M(x_i) || M(x_i + delta))``,
-   ``M`` the teacher (CMI / OOD / vanilla) or the student (ZSKT); ``trigger_source="auto"`` picks
-   this way. Only ``d objective / d delta`` is computed (``torch.autograd.grad``), so nothing lands
+   ``trigger_steps`` Adam steps (lr ``trigger_lr``) maximising
+   ``mean_i D(M(x_i) || M(x_i + delta)) - reg * ||delta||^2`` (``reg`` the method's
+   :attr:`Distiller.sr_trigger_reg`: 0.001 for ZSKT as the authors', else 0), ``M`` the teacher
+   (``trigger_source="teacher"``, the default: the authors' defence runs take it from the teacher
+   for every method) or the student. Only ``d objective / d delta`` is computed (``torch.autograd.grad``), so nothing lands
    in any parameter's ``.grad``. The reference starts at exactly ``delta = 0`` where the gradient of
    the KL vanishes (only Adam's normalisation lets it move at all); we start by default from small
    Gaussian noise (``trigger_init="noise"``, std ``init_std``); ``"zero"`` reproduces the reference.
@@ -13,12 +21,17 @@ In the final ``fraction`` of the run every student step additionally does:
    objective; ``trigger_norm_bound > 0`` projects ``delta`` onto that L2 ball after every step.
 
 2. **Unlearning by implicit hypergradient** (I-BAU style), see :func:`implicit_hypergradient`:
-   inner objective ``L_in(d, th) = -KL(S_th(x) || S_th(x + d)) + inner_reg * ||d||^2``,
+   inner objective ``L_in(d, th) = -D([S_th(x)] || S_th(x + d)) + inner_reg * ||d||^2`` with the
+   clean branch ``[S_th(x)]`` computed without gradient (as the authors do; then ``dPhi/dth`` misses
+   the clean branch's part and the result is an approximation of the total derivative below;
+   ``inner_clean_grad=True`` keeps that part and makes it exact, fedabd's earlier form),
    fixed-point map ``Phi(d, th) = d - inner_lr * grad_d L_in(d, th)``,
-   outer loss ``L_out(d, th) = (1/B) sum_i KL(S_th(x_i) || S_th(x_i + d * 1[i in I]))``, with ``I`` a
+   outer loss ``L_out(d, th) = (1/B) sum_i D(S_th(x_i) || S_th(x_i + d * 1[i in I]))``, with ``I`` a
    random subset of ``max(1, floor(portion * B))`` samples (only those contribute; the mean is over
-   the whole batch as in the spec's formula). With ``g = dL_out/dd``, ``v_0 = g`` and ``K`` iterations
-   ``v <- (dPhi/dd)^T v + g`` (a truncated Neumann series for ``(I - dPhi/dd)^{-T} g``), the
+   the whole batch as in the spec's formula); the clean branch ``S_th(x_i)`` of ``L_out`` is detached
+   for methods whose authors' code does so (:attr:`Distiller.sr_detach_clean`: ZSKT). With
+   ``g = dL_out/dd``, ``v_0 = 0`` and ``K`` iterations ``v <- (dPhi/dd)^T v + g`` (a truncated Neumann
+   series for ``(I - dPhi/dd)^{-T} g`` with K terms, as the authors' ``fixed_point``), the
    gradient added to the student is ``weight * (dL_out/dth + (dPhi/dth)^T v)``. This is the total
    derivative of ``L_out(d*(th), th)`` for the fixed point ``d* = Phi(d*, th)`` (exact as K -> inf
    when ``Phi`` is a contraction in ``d``).
@@ -39,8 +52,12 @@ In the final ``fraction`` of the run every student step additionally does:
    class ranged 0.23-0.96, and plain ``"mask"`` met the paper's claim in more runs (9 vs 7 of 24,
    results/reproduce_mask/auto_rule.md).
 
-3. The distiller then takes its optimiser step with KD gradient + SR gradient (the methods reset
-   their student LR for the final phase themselves, e.g. ZSKT's ``sr_lr``).
+3. The distiller then takes its optimiser step with KD gradient + SR gradient. The final phase's
+   optimiser (:attr:`final_phase_optimizer`) is the authors' by default: a fresh optimiser
+   (``fresh_optimizer``) at the method's ``sr_lr``, cosine-annealed to 0 over the phase
+   (``lr_schedule="cosine"``), with no gradient clipping (``clip=False``). fedabd's earlier phase
+   (``fresh_optimizer=False, lr_schedule="constant", clip=True``) kept the main phase's optimiser
+   state, held ``sr_lr`` to the end and clipped KD + SR together.
 
 **BatchNorm / dropout.** SR's extra forward passes must not move the student's BN running
 statistics. ``bn_mode="eval"`` (default) runs them with the *whole student in eval mode* (running
@@ -60,17 +77,18 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ...distill.base import Defense
+from ...distill.base import Defense, FinalPhase
 from ...distill.losses import kl_div
 
 log = logging.getLogger("fedabd.defenses.abd.sr")
 
-_TRIGGER_SOURCES = ("auto", "teacher", "student")
+_TRIGGER_SOURCES = ("teacher", "student")
 _SEARCHES = ("perturbation", "mask", "auto")
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -84,10 +102,10 @@ class SRConfig:
     init_std: float = 1e-3          # std of the noise start
     restarts: int = 1               # independent trigger searches; the best final objective wins
     trigger_norm_bound: float = 0.0  # > 0: project delta onto the L2 ball of this radius
-    trigger_source: str = "auto"    # "auto" (student for ZSKT, teacher otherwise), "teacher", "student"
+    trigger_source: str = "teacher"  # "teacher" (the authors' defence runs) or "student"
     inner_reg: float = 0.001        # L2 penalty of the inner objective
     inner_lr: float = 0.1           # step of the fixed-point map Phi
-    fixed_point_iters: int = 5      # K
+    fixed_point_iters: int = 5      # K (terms of the Neumann series, v_0 = 0)
     portion: float = 0.02           # fraction of the batch patched in L_out (at least one sample)
     weight: float = 1.0             # scale of the unlearning gradient added to .grad
     bn_mode: str = "eval"           # "eval" or "train" (see module docstring)
@@ -97,6 +115,11 @@ class SRConfig:
     mask_refine_steps: int = 10     # "mask": Adam steps per SR step on the chosen class (warm start)
     mask_lr: float = 0.1            # "mask": Adam LR of the mask search
     mask_ratio: float = 0.6         # "auto": the mask is used if smallest / second-smallest mask L1 < this
+    inner_clean_grad: bool = False  # L_in's clean branch differentiable (exact hypergradient; the authors': no)
+    divergence: str = "method"      # "method": the distiller's SR divergence (the authors'); "kl1": KL at tau 1
+    fresh_optimizer: bool = True    # final phase: a fresh student optimiser (the authors')
+    lr_schedule: str = "cosine"     # final phase: "cosine" from sr_lr to 0 (the authors') or "constant"
+    clip: bool = False              # final phase: keep the method's gradient clipping (the authors': no)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -113,6 +136,10 @@ class SRConfig:
             raise ValueError(f"SRConfig.bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
         if self.search not in _SEARCHES:
             raise ValueError(f"SRConfig.search must be one of {_SEARCHES}, got {self.search!r}")
+        if self.divergence not in ("method", "kl1"):
+            raise ValueError(f"SRConfig.divergence must be 'method' or 'kl1', got {self.divergence!r}")
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"SRConfig.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
         if not 0.0 <= self.mask_ratio <= 1.0:
             raise ValueError(f"SRConfig.mask_ratio must be in [0, 1], got {self.mask_ratio}")
         if self.mask_steps < 1 or self.mask_refine_steps < 0:
@@ -188,12 +215,22 @@ def sr_forward_mode(model: nn.Module, bn_mode: str = "eval"):
         raise ValueError(f"unknown bn_mode {bn_mode!r}")
 
 
-def synthesize_trigger(model_fn, x: torch.Tensor, cfg: SRConfig,
-                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, float]:
-    """Universal perturbation maximising ``mean KL(M(x) || M(x + delta))`` by Adam on ``delta``.
+def _per_sample_kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+    return _kl(p_logits, q_logits, reduction="none")
 
-    ``model_fn(inputs) -> logits``. Returns ``(delta (1,C,H,W) detached, final objective)``.
-    Only the gradient w.r.t. ``delta`` is computed: no parameter ``.grad`` is touched.
+
+Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def synthesize_trigger(model_fn, x: torch.Tensor, cfg: SRConfig,
+                       generator: torch.Generator | None = None, div: Divergence = _per_sample_kl,
+                       reg: float = 0.0) -> tuple[torch.Tensor, float]:
+    """Universal perturbation maximising ``mean D(M(x) || M(x + delta)) - reg * ||delta||^2`` by Adam
+    on ``delta`` (``div`` per sample, KL at temperature 1 by default).
+
+    ``model_fn(inputs) -> logits``. Returns ``(delta (1,C,H,W) detached, final mean D)``.
+    Only the gradient w.r.t. ``delta`` is computed: no parameter ``.grad`` is touched; the clean
+    branch ``M(x)`` is computed once without gradient.
     """
     x = x.detach()
     with torch.no_grad():
@@ -209,7 +246,9 @@ def synthesize_trigger(model_fn, x: torch.Tensor, cfg: SRConfig,
         opt = torch.optim.Adam([delta], lr=cfg.trigger_lr)
         for _ in range(cfg.trigger_steps):
             with torch.enable_grad():
-                loss = -_kl(clean, model_fn(x + delta))
+                loss = -div(clean, model_fn(x + delta)).mean()
+                if reg:
+                    loss = loss + reg * delta.pow(2).sum()
                 (g,) = torch.autograd.grad(loss, delta)
             delta.grad = g
             opt.step()
@@ -220,39 +259,48 @@ def synthesize_trigger(model_fn, x: torch.Tensor, cfg: SRConfig,
                         delta.mul_(cfg.trigger_norm_bound / norm)
         delta = delta.detach()
         with torch.no_grad():
-            obj = float(_kl(clean, model_fn(x + delta)))
+            obj = float(div(clean, model_fn(x + delta)).mean())
         if best_delta is None or obj > best_obj:
             best_delta, best_obj = delta, obj
     return best_delta, best_obj
 
 
-def _phi(student: nn.Module, x: torch.Tensor, d: torch.Tensor, cfg: SRConfig) -> torch.Tensor:
-    """Phi(d, th) = d - inner_lr * grad_d L_in(d, th) with the graph kept (differentiable in d and th)."""
-    l_in = -_kl(_logits(student, x), _logits(student, x + d)) + cfg.inner_reg * d.pow(2).sum()
+def _phi(student: nn.Module, x: torch.Tensor, d: torch.Tensor, cfg: SRConfig,
+         div: Divergence = _per_sample_kl) -> torch.Tensor:
+    """Phi(d, th) = d - inner_lr * grad_d L_in(d, th) with the graph kept (differentiable in d and th);
+    the clean branch S(x) of L_in is computed without gradient unless ``cfg.inner_clean_grad``."""
+    with torch.set_grad_enabled(cfg.inner_clean_grad):
+        clean = _logits(student, x)
+    l_in = -div(clean, _logits(student, x + d)).mean() + cfg.inner_reg * d.pow(2).sum()
     (g_d,) = torch.autograd.grad(l_in, d, create_graph=True)
     return d - cfg.inner_lr * g_d
 
 
-def outer_loss(student: nn.Module, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    """L_out = (1/B) sum_i KL(S(x_i) || S(x_i + delta * 1[i in idx])).
+def outer_loss(student: nn.Module, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor,
+               div: Divergence = _per_sample_kl, detach_clean: bool = False) -> torch.Tensor:
+    """L_out = (1/B) sum_i D(S(x_i) || S(x_i + delta * 1[i in idx])) (``detach_clean``: no gradient
+    through the clean branch S(x_i)).
 
     Unpatched samples contribute exactly 0; when samples are independent (no BN in train mode)
     only the patched ones are forwarded.
     """
-    return _outer(student, x, lambda t: t + delta, idx)
+    return _outer(student, x, lambda t: t + delta, idx, div, detach_clean)
 
 
-def _outer(student: nn.Module, x: torch.Tensor, stamp, idx: torch.Tensor) -> torch.Tensor:
-    """(1/B) sum_{i in idx} KL(S(x_i) || S(stamp(x_i))); the whole batch is forwarded (unpatched
+def _outer(student: nn.Module, x: torch.Tensor, stamp, idx: torch.Tensor, div: Divergence = _per_sample_kl,
+           detach_clean: bool = False) -> torch.Tensor:
+    """(1/B) sum_{i in idx} D(S(x_i) || S(stamp(x_i))); the whole batch is forwarded (unpatched
     samples unchanged) only when the student's outputs depend on the batch."""
     b = x.shape[0]
     idx = idx.to(x.device)
     if not _batch_dependent(student):
         xs = x[idx]
-        return _kl(_logits(student, xs), _logits(student, stamp(xs)), reduction="none").sum() / b
+        clean = _logits(student, xs)
+        return div(clean.detach() if detach_clean else clean, _logits(student, stamp(xs))).sum() / b
     chosen = torch.zeros(b, *([1] * (x.dim() - 1)), dtype=torch.bool, device=x.device)
     chosen[idx] = True
-    return _kl(_logits(student, x), _logits(student, torch.where(chosen, stamp(x), x)), reduction="none").sum() / b
+    clean = _logits(student, x)
+    return div(clean.detach() if detach_clean else clean, _logits(student, torch.where(chosen, stamp(x), x))).sum() / b
 
 
 @dataclass
@@ -301,7 +349,8 @@ def search_mask(model_fn, x: torch.Tensor, target: int, lo: torch.Tensor, hi: to
 
 
 def implicit_hypergradient(student: nn.Module, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor,
-                           cfg: SRConfig, return_outer: bool = False):
+                           cfg: SRConfig, return_outer: bool = False, div: Divergence = _per_sample_kl,
+                           detach_clean: bool = False):
     """d/dth of ``L_out(d*(th), th)`` at ``d = delta`` by K fixed-point (Neumann) iterations.
 
     Returns one tensor per parameter of ``student`` that requires grad (zeros for unused ones), in
@@ -313,13 +362,13 @@ def implicit_hypergradient(student: nn.Module, x: torch.Tensor, delta: torch.Ten
     x = x.detach()
     d = delta.detach().clone().requires_grad_(True)
     with torch.enable_grad():
-        l_out = outer_loss(student, x, d, idx)
+        l_out = outer_loss(student, x, d, idx, div, detach_clean)
         g_all = torch.autograd.grad(l_out, [d, *params], allow_unused=True)
         g_d = g_all[0].detach() if g_all[0] is not None else torch.zeros_like(d)
         direct = [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, g_all[1:])]
 
-        phi = _phi(student, x, d, cfg)
-        v = g_d
+        phi = _phi(student, x, d, cfg, div)
+        v = torch.zeros_like(d)
         for _ in range(cfg.fixed_point_iters):
             (jv,) = torch.autograd.grad(phi, d, grad_outputs=v, retain_graph=True, allow_unused=True)
             v = (torch.zeros_like(d) if jv is None else jv.detach()) + g_d
@@ -331,20 +380,6 @@ def implicit_hypergradient(student: nn.Module, x: torch.Tensor, delta: torch.Ten
 
 
 # -- the defence ----------------------------------------------------------------------------------
-
-def resolve_trigger_source(distiller, source: str = "auto") -> str:
-    """``auto`` -> ``"student"`` for ZSKT (registry name ``zskt``), ``"teacher"`` otherwise."""
-    if source != "auto":
-        return source
-    name = getattr(distiller, "method_name", None)
-    if name is None:
-        from ...distill.base import DISTILLERS
-        if "zskt" in DISTILLERS and isinstance(distiller, DISTILLERS.get("zskt")):
-            name = "zskt"
-        else:
-            name = type(distiller).__name__
-    return "student" if "zskt" in str(name).lower() else "teacher"
-
 
 class SelfRetrospection(Defense):
     """The SR defence hook (see the module docstring)."""
@@ -366,6 +401,10 @@ class SelfRetrospection(Defense):
     def final_phase_fraction(self) -> float:  # type: ignore[override]
         return self.cfg.fraction
 
+    @property
+    def final_phase_optimizer(self) -> FinalPhase:  # type: ignore[override]
+        return FinalPhase(fresh=self.cfg.fresh_optimizer, schedule=self.cfg.lr_schedule, clip=self.cfg.clip)
+
     def _generator(self, distiller) -> torch.Generator:
         if self._gen is None:
             seed = self._seed if self._seed is not None else int(getattr(distiller, "seed", 0))
@@ -374,12 +413,18 @@ class SelfRetrospection(Defense):
 
     def setup(self, distiller) -> None:
         self._generator(distiller)
-        self.source = resolve_trigger_source(distiller, self.cfg.trigger_source)
+        self.source = self.cfg.trigger_source
+
+    def _divergence(self, distiller) -> tuple[Divergence, bool, float]:
+        """The divergence, whether L_out detaches its clean branch, and the trigger search's L2 weight."""
+        if self.cfg.divergence == "kl1" or not hasattr(distiller, "sr_divergence"):
+            return _per_sample_kl, False, 0.0
+        return (distiller.sr_divergence, bool(getattr(distiller, "sr_detach_clean", False)),
+                float(getattr(distiller, "sr_trigger_reg", 0.0)))
 
     def enter_final_phase(self, distiller) -> None:
         self.started_at = int(getattr(distiller, "iteration_index", 0))
-        if self.source is None:
-            self.source = resolve_trigger_source(distiller, self.cfg.trigger_source)
+        self.source = self.cfg.trigger_source
         log.info("Self-Retrospection starts at iteration %d (trigger from %s, R=%d, K=%d, portion=%g)",
                  self.started_at, self.source, self.cfg.trigger_steps, self.cfg.fixed_point_iters,
                  self.cfg.portion)
@@ -387,8 +432,8 @@ class SelfRetrospection(Defense):
     def final_phase_step(self, distiller, x: torch.Tensor) -> dict:
         cfg = self.cfg
         gen = self._generator(distiller)
-        if self.source is None:
-            self.source = resolve_trigger_source(distiller, cfg.trigger_source)
+        self.source = cfg.trigger_source
+        div, detach_clean, reg = self._divergence(distiller)
         student = distiller.student
         prep = getattr(distiller, "prep", lambda t: t)
         x = _float(x.detach())
@@ -406,15 +451,16 @@ class SelfRetrospection(Defense):
                 trig = self._mask_trigger(distiller, model_fn, x)
                 idx = patched_subset(x.shape[0], cfg.portion, gen)
                 with torch.enable_grad():
-                    l_out_t = _outer(student, x, trig.stamp, idx)
+                    l_out_t = _outer(student, x, trig.stamp, idx, div, detach_clean)
                     grads = torch.autograd.grad(l_out_t, params, allow_unused=True)
                 grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
                 l_out = float(l_out_t.detach())
                 metrics = {"sr_mask_class": float(self.mask_class), "sr_mask_l1": trig.size()}
             else:
-                delta, trig_kl = synthesize_trigger(model_fn, x, cfg, gen)
+                delta, trig_kl = synthesize_trigger(model_fn, x, cfg, gen, div, reg)
                 idx = patched_subset(x.shape[0], cfg.portion, gen)
-                grads, l_out = implicit_hypergradient(student, x, delta, idx, cfg, return_outer=True)
+                grads, l_out = implicit_hypergradient(student, x, delta, idx, cfg, return_outer=True, div=div,
+                                                      detach_clean=detach_clean)
                 metrics = {"sr_trigger_kl": trig_kl, "sr_delta_norm": float(delta.norm())}
         with torch.no_grad():
             for p, g in zip(params, grads):

@@ -23,8 +23,10 @@ One iteration = one epoch:
 2. KD. ``kd_steps`` student steps on batches of ``kd_batch`` drawn from the whole pool
    (translation + flip where the dataset allows it), loss tau^2*KL_tau(T || S), SGD with a
    cosine learning rate (``s_schedule``: "epoch" restarts it every epoch, "run" anneals over
-   the whole run). In a defence's final phase the LR is the constant ``sr_lr`` and
-   ``defense.final_phase_step`` runs between backward and step.
+   the whole run; the authors' anneals over the whole run, the paper preset's choice). In a
+   defence's final phase the student optimiser is the base class's (:meth:`Distiller.on_final_phase`,
+   with SR a fresh SGD from ``sr_lr`` annealed to 0 per epoch) and ``defense.final_phase_step`` runs
+   between backward and step.
 """
 from __future__ import annotations
 
@@ -60,7 +62,8 @@ class CMIConfig:
     l2: float = 0.0  # l2 image prior on the normalised image; 0 = off
     bank_size: int = 4096  # memory bank of past features (rows = past images), FIFO
     n_neg: int = 512  # bank rows drawn as extra negatives at each generator step
-    head_dim: int = 128  # output dim of the contrastive MLP head
+    head_dim: int = 128  # output dim of the contrastive MLP head (the authors': 256, the paper preset)
+    head_beta1: float = 0.9  # Adam beta1 of the head (the authors': PyTorch's default 0.9)
     local_scale_min: float = 0.25  # random-resized-crop scale range of the local view
     # student
     kd_steps: int = 80
@@ -70,15 +73,15 @@ class CMIConfig:
     s_momentum: float = 0.9
     s_wd: float = 1e-4
     s_schedule: str = "run"  # "epoch": cosine restarted each epoch; "run": cosine over the whole run
-    sr_lr: float = 5e-4  # constant student LR during a defence's final phase
+    sr_lr: float = 5e-4  # student LR at the start of a defence's final phase
 
 
 presets = {
     "cpu": CMIConfig(),
     "paper": CMIConfig(epochs=200, nz=256, synth_batch=256, g_steps=200, g_lr=1e-3, generator_width=64,
                        bn=1.0, oh=1.0, adv=0.5, cr=0.8, cr_temperature=0.1, tv=0.0, l2=0.0,
-                       bank_size=40960, n_neg=4096, head_dim=128, kd_steps=400, kd_batch=128, tau=20.0,
-                       s_lr=0.1, s_momentum=0.9, s_wd=1e-4, s_schedule="epoch", sr_lr=5e-4),
+                       bank_size=40960, n_neg=4096, head_dim=256, kd_steps=400, kd_batch=128, tau=20.0,
+                       s_lr=0.1, s_momentum=0.9, s_wd=1e-4, s_schedule="run", sr_lr=5e-4),
     # one federated round on the CPU: the student is warm-started from the previous round's
     "fed": CMIConfig(epochs=5, kd_steps=60),
 }
@@ -223,12 +226,11 @@ class CMIDistiller(Distiller):
         finally:
             self._remove_hooks()
         self.head = MLPHead(feat.shape[1], cfg.head_dim).to(self.device)
-        self.head_opt = torch.optim.Adam(self.head.parameters(), lr=cfg.g_lr, betas=(0.5, 0.999))
+        self.head_opt = torch.optim.Adam(self.head.parameters(), lr=cfg.g_lr, betas=(cfg.head_beta1, 0.999))
         self.bank = torch.empty(0, 2 * feat.shape[1], device=self.device)
         self.pool = torch.empty(0, *info.shape, device=self.device)
-        self.opt = torch.optim.SGD(self.student.parameters(), lr=cfg.s_lr, momentum=cfg.s_momentum,
-                                   weight_decay=cfg.s_wd)
-        self.student_lr = cfg.s_lr
+        self.student_opt = torch.optim.SGD(self.student.parameters(), lr=cfg.s_lr, momentum=cfg.s_momentum,
+                                           weight_decay=cfg.s_wd)
 
     # hooks live only during the synthesis, so the KD steps' teacher calls pay nothing for them
     def _add_hooks(self) -> None:
@@ -239,10 +241,9 @@ class CMIDistiller(Distiller):
             h.remove()
         self.bn_hooks = []
 
-    def on_final_phase(self) -> None:
-        self.student_lr = self.cfg.sr_lr
-        for g in self.opt.param_groups:
-            g["lr"] = self.cfg.sr_lr
+    def sr_divergence(self, p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+        """tau^2 * KL_tau per sample, the KD loss's own form (the authors' CMI unlearning)."""
+        return kl_div(p_logits, q_logits, self.cfg.tau, reduction="none") * self.cfg.tau ** 2
 
     # -- teacher passes for the inversion -----------------------------------------------------------
     def _invert_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -350,28 +351,26 @@ class CMIDistiller(Distiller):
             return {"loss_kd": float("nan")}
         self.student.train()
         for k in range(cfg.kd_steps):
-            if self.in_final_phase:
-                lr = cfg.sr_lr
-            elif cfg.s_schedule == "epoch":
-                lr = 0.5 * cfg.s_lr * (1 + math.cos(math.pi * k / cfg.kd_steps))
-            else:
-                done, total = it * cfg.kd_steps + k, cfg.epochs * cfg.kd_steps
-                lr = 0.5 * cfg.s_lr * (1 + math.cos(math.pi * done / total))
-            for group in self.opt.param_groups:
-                group["lr"] = lr
-            self.student_lr = lr
+            if not self.in_final_phase:  # the final phase's LR is the base class's (on_final_phase)
+                if cfg.s_schedule == "epoch":
+                    lr = 0.5 * cfg.s_lr * (1 + math.cos(math.pi * k / cfg.kd_steps))
+                else:
+                    done, total = it * cfg.kd_steps + k, cfg.epochs * cfg.kd_steps
+                    lr = 0.5 * cfg.s_lr * (1 + math.cos(math.pi * done / total))
+                for group in self.student_opt.param_groups:
+                    group["lr"] = lr
             idx = torch.randint(0, size, (min(cfg.kd_batch, size),), generator=g).to(self.device)
             x = info.normalize(random_translate_flip(self.pool[idx], info.hflip, g)).detach()
             t = self.teacher_logits(x)
             s = self.student_logits(x)
             loss = kd_loss(t, s, cfg.tau)
-            self.opt.zero_grad(set_to_none=True)
+            self.student_opt.zero_grad(set_to_none=True)
             loss.backward()
             if self.in_final_phase:
                 out = self.defense.final_phase_step(self, x)
                 for key, v in (out or {}).items():
                     extra.setdefault(key, []).append(float(v))
-            self.opt.step()
+            self.student_opt.step()
             losses.append(float(loss.detach()))
         row = {"loss_kd": sum(losses) / len(losses)}
         row.update({key: sum(v) / len(v) for key, v in extra.items()})

@@ -12,12 +12,19 @@ pixel space ``[0, 1]`` (stored as uint8). Every random choice comes from the run
 
 Student step (one iteration = one student step, ``total_iterations = steps``):
   1. draw a batch of ``batch_size`` patches (epochs over the shuffled pool);
-  2. CutMix, always on (:func:`cutmix`): one box per batch, area ``1 - lam``, ``lam ~ Beta(a, a)``,
-     pasted from a random permutation of the batch. As in KD-with-CutMix, the teacher labels the
-     MIXED image directly (no label interpolation);
-  3. per-sample loss ``l_i = tau^2 * KL_tau(T(x_i) || S(x_i))`` with tau = 8 (the tau^2 factor,
-     ``tau_squared=True``, is Hinton's usual scaling; it keeps the KD gradient on the scale of
-     tau = 1 losses such as the SR terms. With Adam it hardly changes the plain run);
+  2. online augmentation (``online_augment``, the authors' RandomCrop with padding 4 and
+     horizontal flip on every draw: :func:`fedabd.train.augment_batch`, padding H/8, flips where the
+     dataset allows them), then CutMix, always on (:func:`cutmix`): one box per batch, area
+     ``1 - lam``, ``lam ~ Beta(a, a)`` with ``a = cutmix_alpha`` = 0.25 (the authors'), pasted from a
+     random permutation of the batch. As in KD-with-CutMix, the teacher labels the MIXED image
+     directly (no label interpolation);
+  3. per-sample loss ``l_i = KL_8(T(x_i) || S(x_i)) / C`` (``kl_reduction="mean"``: the authors'
+     ``F.kl_div(..., reduction='none')`` averaged over batch and classes, i.e. the per-sample KL
+     divided by the number of classes C; no tau^2 factor, ``tau_squared=False``, as theirs).
+     ``kl_reduction="batchmean"`` and ``tau_squared=True`` give fedabd's earlier
+     ``tau^2 * KL_tau`` per sample (640 times larger at tau 8, C 10). With Adam the scale hardly
+     changes a plain run, but it sets the balance against SR's unlearning term, which the authors
+     compute as ``tau^2 * KL_tau`` per sample (:meth:`OODDistiller.sr_divergence`);
   4. defence re-weighting contract: ``w = defense.sample_weights(self, x, t_logits)`` with ``x``
      the mixed batch in normalised input space and ``t_logits`` the teacher's logits on it.
      ``None`` -> ``loss = mean_i l_i``; otherwise ``w`` must be a ``(B,)`` tensor (detached here)
@@ -32,10 +39,14 @@ Student step (one iteration = one student step, ``total_iterations = steps``):
      spec's formula as written) the seed-0 OOD + ABD runs of the reproduction diverged (badnet_sq:
      KL 0.9 -> 1.9e4 by step 450, Acc 10 %; l2_inv: KL 3e9);
   5. backward; in the defence's final phase ``defense.final_phase_step(self, x)`` is called after
-     the KD backward and before the optimiser step (its dict joins the metrics); Adam step.
+     the KD backward and before the optimiser step (its dict joins the metrics); Adam step. In
+     the final phase the defence's sample weights are not used (``sv_in_final_phase=False``: the
+     authors' SR branch trains without SV's re-weighting).
 
-Adam lr 1e-3 (paper preset; 3e-3 in the short CPU preset) with a cosine schedule over the run;
-when the final phase starts (:meth:`on_final_phase`) the LR is set to ``sr_lr`` and stays constant.
+Adam lr 1e-3 (paper preset; 3e-3 in the short CPU preset). ``schedule="step"`` (the authors':
+MultiStepLR at epochs 150, 300, 600 with gamma 0.5 in their 300-epoch runs) halves the LR at half
+the run; ``"cosine"`` (fedabd's earlier default) anneals it over the run. The final phase's LR is
+the base class's (:meth:`Distiller.on_final_phase`).
 """
 from __future__ import annotations
 
@@ -48,6 +59,7 @@ import torch.nn.functional as F
 
 from ...data import to_float, to_uint8
 from ...data.single_image import DEFAULT_IMAGE, load_source_image
+from ...train import augment_batch
 from ..base import DISTILLERS, Distiller
 from ..losses import kl_div
 
@@ -70,12 +82,16 @@ class OODConfig:
     hue: float = 0.1
     invert_p: float = 0.0  # probability of inverting a patch (1 - x); not in the paper, helps dark-background data
     tau: float = 8.0
-    tau_squared: bool = True
+    tau_squared: bool = False  # True: tau^2 * KL (ours before); the authors' KD loss has no tau^2
+    kl_reduction: str = "mean"  # "mean": per-sample KL / C (the authors'); "batchmean": per-sample KL
     lr: float = 3e-3  # paper: 1e-3 (see PRESETS)
     batch_size: int = 256
     steps: int = 1500
-    cutmix_alpha: float = 1.0  # 0 switches CutMix off (ablation only)
+    cutmix_alpha: float = 0.25  # Beta(a, a) of CutMix (the authors' 0.25); 0 switches CutMix off
+    online_augment: bool = True  # random crop (pad H/8) + flip at every draw (the authors')
+    schedule: str = "step"  # "step": LR halved at half the run (the authors'); "cosine" (ours before)
     sr_lr: float = 5e-4
+    sv_in_final_phase: bool = False  # keep SV's re-weighting during SR (the authors' SR phase has none)
     ascent_cap: bool = True  # negative-weight samples' loss capped at a uniform student's (ours; see docstring)
 
     def __post_init__(self) -> None:
@@ -91,6 +107,10 @@ class OODConfig:
             raise ValueError("jitter strengths must be >= 0 and hue in [0, 0.5]")
         if self.tau <= 0 or self.lr <= 0 or self.sr_lr <= 0 or self.cutmix_alpha < 0:
             raise ValueError("tau, lr, sr_lr must be positive and cutmix_alpha >= 0")
+        if self.kl_reduction not in ("mean", "batchmean"):
+            raise ValueError(f"kl_reduction must be 'mean' or 'batchmean', got {self.kl_reduction!r}")
+        if self.schedule not in ("step", "cosine"):
+            raise ValueError(f"schedule must be 'step' or 'cosine', got {self.schedule!r}")
 
 
 PRESETS = {
@@ -265,8 +285,13 @@ class OODDistiller(Distiller):
                                     self.generator, dtype=torch.uint8)
         self._order = torch.empty(0, dtype=torch.int64)
         self._pos = 0
-        self.opt = torch.optim.Adam(self.student.parameters(), lr=cfg.lr)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, self.total_iterations))
+        self.student_opt = torch.optim.Adam(self.student.parameters(), lr=cfg.lr)
+        total = max(1, self.total_iterations)
+        if cfg.schedule == "cosine":
+            self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.student_opt, T_max=total)
+        else:  # the authors' milestones 150, 300, 600 of 300 epochs, as fractions of the run
+            self.sched = torch.optim.lr_scheduler.MultiStepLR(
+                self.student_opt, [max(1, round(f * total)) for f in (0.5, 1.0, 2.0)], gamma=0.5)
 
     def _next_index(self) -> torch.Tensor:
         """Epochs over the shuffled pool; a batch never straddles two epochs (the tail is skipped)."""
@@ -278,14 +303,16 @@ class OODDistiller(Distiller):
         self._pos += b
         return idx
 
-    def on_final_phase(self) -> None:
-        for group in self.opt.param_groups:
-            group["lr"] = self.cfg.sr_lr
-
     def sample_loss(self, t_logits: torch.Tensor, s_logits: torch.Tensor) -> torch.Tensor:
         """Per-sample KD loss ``l_i`` (shape ``(B,)``)."""
         per = kl_div(t_logits, s_logits, self.cfg.tau, reduction="none")
+        if self.cfg.kl_reduction == "mean":
+            per = per / t_logits.shape[1]
         return per * (self.cfg.tau ** 2) if self.cfg.tau_squared else per
+
+    def sr_divergence(self, p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+        """tau^2 * KL_tau per sample (the authors' OOD unlearning, at the KD temperature)."""
+        return kl_div(p_logits, q_logits, self.cfg.tau, reduction="none") * self.cfg.tau ** 2
 
     def combine(self, per: torch.Tensor, weights: torch.Tensor | None,
                 cap: torch.Tensor | None = None) -> torch.Tensor:
@@ -303,24 +330,27 @@ class OODDistiller(Distiller):
     def iteration(self, it: int) -> dict:
         cfg = self.cfg
         x = to_float(self.pool[self._next_index()])
+        if cfg.online_augment:
+            x = augment_batch(x, self.info.hflip, self.generator)
         if cfg.cutmix_alpha > 0:
             x, _, _ = cutmix(x, cfg.cutmix_alpha, self.generator)
         x = self.info.normalize(x).to(self.device)
         t = self.teacher_logits(x)
         s = self.student_logits(x)
         per = self.sample_loss(t, s)
-        weights = self.defense.sample_weights(self, x, t)
+        weights = (None if self.in_final_phase and not cfg.sv_in_final_phase
+                   else self.defense.sample_weights(self, x, t))
         cap = None
         if weights is not None and cfg.ascent_cap:
             with torch.no_grad():
                 cap = self.sample_loss(t, torch.zeros_like(s))
         loss = self.combine(per, weights, cap)
-        self.opt.zero_grad(set_to_none=True)
+        self.student_opt.zero_grad(set_to_none=True)
         loss.backward()
-        metrics = {"loss": loss.item(), "kl": per.detach().mean().item(), "lr": self.opt.param_groups[0]["lr"]}
+        metrics = {"loss": loss.item(), "kl": per.detach().mean().item()}
         if self.in_final_phase:
             metrics.update(self.defense.final_phase_step(self, x))
-        self.opt.step()
+        self.student_opt.step()
         if not self.in_final_phase:
             self.sched.step()
         metrics["agree"] = (t.argmax(1) == s.detach().argmax(1)).float().mean().item()

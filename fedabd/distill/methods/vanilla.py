@@ -12,7 +12,7 @@ wd 5e-4, cosine schedule over the run.
 - Augmentation: :func:`fedabd.train.augment_batch` (random translation, flips where the dataset
   allows them); the teacher labels the same augmented batch the student sees.
 - Defence hooks: only the final phase is honoured (``final_phase_step`` after the KD backward,
-  LR set to ``sr_lr``); ``generator_loss`` / ``sample_weights`` do not apply to real-data KD.
+  student optimiser switched by the base class at ``sr_lr``); ``generator_loss`` / ``sample_weights`` do not apply to real-data KD.
 """
 from __future__ import annotations
 
@@ -90,9 +90,9 @@ class VanillaKD(Distiller):
         g = torch.Generator().manual_seed(self.seed)
         self.subset_index = torch.randperm(n, generator=g)[: self.subset_size].sort().values
         self.subset: ImageSet = self.real_data.subset(self.subset_index)
-        self.opt = torch.optim.SGD(self.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                   weight_decay=cfg.weight_decay)
-        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=max(1, self.total_iterations))
+        self.student_opt = torch.optim.SGD(self.student.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                           weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.student_opt, T_max=max(1, self.total_iterations))
         self._batches = iter(())
         self.epoch = 0
 
@@ -103,10 +103,6 @@ class VanillaKD(Distiller):
             self.epoch += 1
             self._batches = iterate_batches(self.subset, self.cfg.batch_size, self.generator)
             return next(self._batches)
-
-    def on_final_phase(self) -> None:
-        for group in self.opt.param_groups:
-            group["lr"] = self.cfg.sr_lr
 
     def iteration(self, it: int) -> dict:
         cfg = self.cfg
@@ -119,12 +115,12 @@ class VanillaKD(Distiller):
         t = self.teacher_logits(x)
         s = self.student_logits(x)
         loss = hinton_loss(t, s, y, alpha=cfg.alpha, tau=cfg.tau)
-        self.opt.zero_grad(set_to_none=True)
+        self.student_opt.zero_grad(set_to_none=True)
         loss.backward()
-        metrics = {"loss": loss.item(), "lr": self.opt.param_groups[0]["lr"]}
+        metrics = {"loss": loss.item()}
         if self.in_final_phase:
             metrics.update(self.defense.final_phase_step(self, x))
-        self.opt.step()
+        self.student_opt.step()
         if not self.in_final_phase:
             self.sched.step()
         with torch.no_grad():

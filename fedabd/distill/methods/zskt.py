@@ -3,13 +3,22 @@
 One iteration is one *pseudo-batch* (spec section 2):
 
 1. sample ``z ~ N(0, I)`` (``batch_size x nz``, from the run's seeded torch RNG, on the device);
-2. one generator step maximising ``KL_1(T || S)`` on ``x = G(z)``:
-   ``L_G = -KL(T(x) || S(x)) + defense.generator_loss(x, T(x))`` (the teacher is frozen, only the
+2. one generator step maximising the divergence on ``x = G(z)``:
+   ``L_G = -D(T(x) || S(x)) + defense.generator_loss(x, T(x))`` (the teacher is frozen, only the
    input gradient flows; student weights get no gradient in this step);
-3. the generator step's batch ``x`` is detached and reused (as in the reference implementation:
-   no second generator forward); the teacher's logits and attention maps on it are computed ONCE
-   under ``no_grad``; then ``student_steps_per_pb`` student steps on that same batch:
-   ``L_S = KL(T(x) || S(x)) + beta * AT(S, T)``.
+3. the student steps' batch is ``G(z)`` from the generator *after* its step (same ``z``), as the
+   authors' code draws it (``student_batch="after"``: one extra generator forward under
+   ``no_grad`` per pseudo-batch); ``student_batch="before"`` (ours) reuses the generator step's own
+   batch and saves that forward. The batch is detached, the teacher's logits and attention maps on
+   it are computed ONCE under ``no_grad``, then ``student_steps_per_pb`` student steps on it:
+   ``L_S = D(T(x) || S(x)) + beta * AT(S, T)``.
+
+``D`` is the KL divergence at temperature 1 with the authors' scale: ``kl_reduction="mean"``
+averages PyTorch's element-wise KL over batch *and* classes, i.e. the per-sample KL divided by the
+number of classes C (their ``F.kl_div(..., reduction='mean')``). This scale sets the balance
+against the attention term (beta 250) and against SV's generator loss (whose divergence is also
+KL / C). ``kl_reduction="batchmean"`` (the per-sample KL, C times larger) is fedabd's earlier form,
+kept to re-run older results.
 
 Step 3 is the speed rule of DESIGN.md: neither the generator nor the teacher is re-run for every
 student step (the generator is the most expensive network here). ``naive=True`` is the
@@ -23,9 +32,10 @@ When the shapes do not match AT is switched off; this is logged once and recorde
 :attr:`ZSKT.at_status`.
 
 Optimisers: Adam for generator and student, cosine LR over the run (stepped per pseudo-batch),
-gradient-norm clipping. In a defence's final phase the student's LR is fixed to ``sr_lr`` and the
-defence's ``final_phase_step`` runs after each student backward, before the optimiser step; the
-generator keeps training.
+gradient-norm clipping. In a defence's final phase the student optimiser is switched by the base
+class (:meth:`Distiller.on_final_phase`: with SR, a fresh Adam at ``sr_lr`` annealed to 0, no
+clipping) and the defence's ``final_phase_step`` runs after each student backward, before the
+optimiser step; the generator keeps training.
 """
 from __future__ import annotations
 
@@ -63,6 +73,8 @@ class ZSKTConfig:
     sr_lr: float = 5e-4                # student LR during a defence's final phase
     attention: bool = True             # attention transfer when teacher/student shapes allow it
     naive: bool = False                # re-run G and T for every student step (benchmark baseline)
+    kl_reduction: str = "mean"         # "mean": KL / C (the authors'); "batchmean": per-sample KL (ours before)
+    student_batch: str = "after"       # "after": G(z) after the generator step (the authors'); "before" (ours)
 
     def __post_init__(self) -> None:
         for name in ("nz", "batch_size", "student_steps_per_pb", "pseudo_batches", "generator_width"):
@@ -75,6 +87,10 @@ class ZSKTConfig:
                 raise ValueError(f"ZSKTConfig.{name} must be > 0, got {getattr(self, name)}")
         if self.beta < 0:
             raise ValueError("ZSKTConfig.beta must be >= 0")
+        if self.kl_reduction not in ("mean", "batchmean"):
+            raise ValueError(f"ZSKTConfig.kl_reduction must be 'mean' or 'batchmean', got {self.kl_reduction!r}")
+        if self.student_batch not in ("after", "before"):
+            raise ValueError(f"ZSKTConfig.student_batch must be 'after' or 'before', got {self.student_batch!r}")
 
 
 PRESETS = {
@@ -105,6 +121,8 @@ class ZSKT(Distiller):
     config_cls = ZSKTConfig
     presets = PRESETS
     unit = "pseudo-batch"
+    sr_detach_clean = True   # the authors' ZSKT SR detaches S(x) in the outer loss
+    sr_trigger_reg = 1e-3    # ... and adds 0.001 ||delta||^2 to its trigger search
 
     #: AT decision: None before the first pseudo-batch, then "on", "off (config)" or "off (<reason>)".
     at_status: str | None = None
@@ -126,19 +144,22 @@ class ZSKT(Distiller):
             self.gen.to(memory_format=torch.channels_last)
         self.gen.train()
         self.opt_g = torch.optim.Adam(self.gen.parameters(), lr=cfg.g_lr)
-        self.opt_s = torch.optim.Adam(self.student.parameters(), lr=cfg.s_lr)
+        self.student_opt = torch.optim.Adam(self.student.parameters(), lr=cfg.s_lr)
         total = max(1, cfg.pseudo_batches)
         self.sched_g = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_g, T_max=total) if cfg.cosine else None
-        self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt_s, T_max=total) if cfg.cosine else None
-        self._student_sched_on = True
+        self.sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(self.student_opt, T_max=total) if cfg.cosine else None
         self.at_status = None if (cfg.attention and cfg.beta > 0) else "off (config)"
         self.teacher_calls = 0  # teacher forward passes (for tests / benchmarks)
 
-    def on_final_phase(self) -> None:
-        """Fix the student's LR to ``sr_lr`` for the rest of the run (the cosine no longer touches it)."""
-        self._student_sched_on = False
-        for group in self.opt_s.param_groups:
-            group["lr"] = self.cfg.sr_lr
+    def divergence(self, t_logits: torch.Tensor, s_logits: torch.Tensor, reduction: str = "batchmean") -> torch.Tensor:
+        """KL_1(T || S) at the configured scale (``kl_reduction``); ``reduction`` "none" gives it per sample."""
+        per = kl_div(t_logits, s_logits, reduction="none")
+        if self.cfg.kl_reduction == "mean":
+            per = per / t_logits.shape[1]
+        return per if reduction == "none" else per.mean()
+
+    def sr_divergence(self, p_logits: torch.Tensor, q_logits: torch.Tensor) -> torch.Tensor:
+        return self.divergence(p_logits, q_logits, reduction="none")
 
     # -- pieces -------------------------------------------------------------------------------
     def _sample(self, z: torch.Tensor) -> torch.Tensor:
@@ -208,7 +229,7 @@ class ZSKT(Distiller):
             self.teacher_calls += 1
             t_logits = self.teacher_logits(x, grad=True)
             s_logits = self.student_logits(x)
-            loss = -kl_div(t_logits, s_logits) + self.defense.generator_loss(self, x, t_logits)
+            loss = -self.divergence(t_logits, s_logits) + self.defense.generator_loss(self, x, t_logits)
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
         self._clip(self.gen.parameters())
@@ -225,18 +246,19 @@ class ZSKT(Distiller):
                 self._check_at(t_attn, s_feats)
         else:
             s_logits = self.student_logits(x)
-        kl = kl_div(t_logits, s_logits)
+        kl = self.divergence(t_logits, s_logits)
         loss = kl
         if self.at_status == "on":
             at = attention_loss(s_feats, t_attn)
             loss = loss + cfg.beta * at
             metrics["at"] = float(at.detach())
-        self.opt_s.zero_grad(set_to_none=True)
+        self.student_opt.zero_grad(set_to_none=True)
         loss.backward()
         if self.in_final_phase:
             metrics.update(self.defense.final_phase_step(self, x) or {})
-        self._clip(self.student.parameters())
-        self.opt_s.step()
+        if self.clip_student:
+            self._clip(self.student.parameters())
+        self.student_opt.step()
         metrics["kl_s"] = float(kl.detach())
         metrics["loss_s"] = float(loss.detach())
         return metrics
@@ -251,7 +273,7 @@ class ZSKT(Distiller):
             out["loss_g"], x = self._generator_step(z)
 
         if not cfg.naive:
-            if x is None:  # no generator step configured: sample once
+            if x is None or cfg.student_batch == "after":  # G(z) from the updated generator
                 with torch.no_grad():
                     x = self._sample(z)
             t_logits, t_attn = self._teacher_targets(x)
@@ -264,7 +286,6 @@ class ZSKT(Distiller):
 
         if self.sched_g is not None:
             self.sched_g.step()
-        if self.sched_s is not None and self._student_sched_on:
+        if self.sched_s is not None and not self.in_final_phase:
             self.sched_s.step()
-        out["lr_s"] = self.opt_s.param_groups[0]["lr"]
         return out
