@@ -390,7 +390,6 @@ class SelfRetrospection(Defense):
         self._gen: torch.Generator | None = None
         self.steps = 0
         self.started_at: int | None = None
-        self.source: str | None = None
         self._mask: MaskTrigger | None = None
         self.mask_class: int | None = None
         self.mask_sizes: list[float] | None = None
@@ -400,6 +399,11 @@ class SelfRetrospection(Defense):
     @property
     def final_phase_fraction(self) -> float:  # type: ignore[override]
         return self.cfg.fraction
+
+    @property
+    def source(self) -> str:
+        """The model the trigger is searched on: "teacher" or "student"."""
+        return self.cfg.trigger_source
 
     @property
     def final_phase_optimizer(self) -> FinalPhase:  # type: ignore[override]
@@ -413,7 +417,6 @@ class SelfRetrospection(Defense):
 
     def setup(self, distiller) -> None:
         self._generator(distiller)
-        self.source = self.cfg.trigger_source
 
     def _divergence(self, distiller) -> tuple[Divergence, bool, float]:
         """The divergence, whether L_out detaches its clean branch, and the trigger search's L2 weight."""
@@ -424,7 +427,6 @@ class SelfRetrospection(Defense):
 
     def enter_final_phase(self, distiller) -> None:
         self.started_at = int(getattr(distiller, "iteration_index", 0))
-        self.source = self.cfg.trigger_source
         log.info("Self-Retrospection starts at iteration %d (trigger from %s, R=%d, K=%d, portion=%g)",
                  self.started_at, self.source, self.cfg.trigger_steps, self.cfg.fixed_point_iters,
                  self.cfg.portion)
@@ -432,7 +434,6 @@ class SelfRetrospection(Defense):
     def final_phase_step(self, distiller, x: torch.Tensor) -> dict:
         cfg = self.cfg
         gen = self._generator(distiller)
-        self.source = cfg.trigger_source
         div, detach_clean, reg = self._divergence(distiller)
         student = distiller.student
         prep = getattr(distiller, "prep", lambda t: t)
