@@ -15,6 +15,7 @@ from flwr.clientapp import ClientApp
 
 from fedabd import federated as fed
 from fedabd.config import ScenarioConfig, scenario_from_run_config
+from fedabd.device import resolve_device
 
 
 def _truthy(v) -> bool:
@@ -34,7 +35,8 @@ def make_client_app(cfg: ScenarioConfig | None = None, threads: int = 1) -> Clie
         node_flag = context.node_config.get("malicious")
         malicious = _truthy(node_flag) if node_flag is not None else pid in fed.malicious_clients(scfg, rnd)
         arch = fed.client_arch(scfg, pid)
-        global_arch = scfg.student if scfg.aggregator == "distill" else scfg.client_arch
+        config = msg.content["config"]
+        global_arch = str(config["global-arch"]) if "global-arch" in config else scfg.global_arch
         own = None
         if arch == global_arch:
             start = msg.content["arrays"].to_torch_state_dict()
@@ -44,7 +46,7 @@ def make_client_app(cfg: ScenarioConfig | None = None, threads: int = 1) -> Clie
                 start = context.state["local"].to_torch_state_dict()
             else:
                 start = own.load(pid, rnd - 1, fed.initial_client_state(scfg, pid)) if rnd > 1 else None
-        res = fed.local_update(scfg, pid, rnd, start, malicious)
+        res = fed.local_update(scfg, pid, rnd, start, malicious, resolve_device(scfg.device))
         if own is not None:
             context.state["local"] = ArrayRecord(res.state)
             own.save(pid, rnd, res.state)

@@ -30,10 +30,6 @@ def yaml_load(text: str):
     """Parse YAML text safely (never constructs Python objects); exponent floats without a dot allowed."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
 
-AGGREGATORS = ("distill", "fedavg", "multikrum", "fedmedian", "fedtrimmedavg")
-ABD_PARTS = ("none", "sv", "sr", "sv+sr")
-
-
 class ConfigError(ValueError):
     """A bad setting; the message names the key and where it came from."""
 
@@ -47,7 +43,7 @@ class ScenarioConfig:
     # data
     dataset: str = "mnist_subset"
     data_dir: Optional[str] = None
-    partition: Literal["iid", "dirichlet", "pathological"] = "iid"
+    partition: str = "iid"  # a registered partitioner (fedabd list)
     alpha: float = 0.5
     classes_per_client: int = 2
     # federation
@@ -70,17 +66,16 @@ class ScenarioConfig:
     attack_start_round: int = 1
     scale: float = 1.0  # model-replacement boost of a malicious update (1 = none)
     # server
-    aggregator: Literal["distill", "fedavg", "multikrum", "fedmedian", "fedtrimmedavg"] = "distill"
-    kd: Literal["zskt", "cmi", "ood"] = "cmi"
+    aggregator: str = "distill"  # a registered aggregator (fedabd list)
+    aggregator_settings: dict = field(default_factory=dict)  # the aggregator's own settings (e.g. beta, byzantine)
+    kd: str = "cmi"  # a registered data-free distiller
     kd_preset: str = "fed"  # per-round budget: "fed" (CPU, warm-started rounds), "cpu" or "paper"
-    kd_overrides: dict = field(default_factory=dict)
-    abd: Literal["none", "sv", "sr", "sv+sr"] = "none"
-    sv: dict = field(default_factory=dict)
-    sr: dict = field(default_factory=dict)
+    kd_overrides: dict = field(default_factory=dict)  # the method's settings over the preset
+    abd: str = "none"  # "none" or '+'-joined defences: sv, sr, sv+sr
+    sv: dict = field(default_factory=dict)  # Shuffling Vaccine settings
+    sr: dict = field(default_factory=dict)  # Self-Retrospection settings
     student: str = "lenet5"
     weight_by_samples: bool = True
-    krum_byzantine: Optional[int] = None  # MultiKrum's f (default: the number of malicious clients)
-    trim_beta: float = 0.2
     # validation of uploads
     max_weight_abs: float = 1e4
     # run
@@ -91,6 +86,12 @@ class ScenarioConfig:
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def global_arch(self) -> str:
+        """The global model's architecture (the student when the aggregator distils)."""
+        from .aggregators import AGGREGATORS
+        return AGGREGATORS.get(self.aggregator).global_arch(self)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ScenarioConfig)}
@@ -123,9 +124,12 @@ def _check_type(key: str, value: Any, where: str) -> Any:
 
 def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     """Cross-field checks and registry names. Returns ``cfg`` unchanged when valid."""
+    from .aggregators import AGGREGATORS
     from .attacks import ATTACKS
     from .data import DATASETS
-    from .distill import DISTILLERS
+    from .data.partition import PARTITIONERS
+    from .defenses import defense_settings, parse_spec
+    from .distill import DISTILLERS, make_config
     from .models import MODELS
 
     def bad(key: str, msg: str) -> ConfigError:
@@ -159,17 +163,31 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
         raise bad("poison_rate", f"must be in (0, 1], got {cfg.poison_rate}")
     if cfg.local_lr <= 0 or cfg.scale <= 0 or cfg.max_weight_abs <= 0 or cfg.client_timeout <= 0:
         raise bad("local_lr/scale/max_weight_abs/client_timeout", "must be > 0")
-    if not 0 <= cfg.trim_beta < 0.5:
-        raise bad("trim_beta", f"must be in [0, 0.5), got {cfg.trim_beta}")
     if cfg.dataset not in DATASETS:
         raise bad("dataset", f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS.names())}")
     if cfg.attack not in ATTACKS:
         raise bad("attack", f"unknown attack {cfg.attack!r}; choose one of: {', '.join(ATTACKS.names())}")
-    if cfg.kd not in DISTILLERS:
-        raise bad("kd", f"unknown method {cfg.kd!r}; choose one of: {', '.join(DISTILLERS.names())}")
-    presets = DISTILLERS.get(cfg.kd).presets
-    if cfg.kd_preset not in presets:
-        raise bad("kd_preset", f"unknown preset {cfg.kd_preset!r} for {cfg.kd}; choose one of: {', '.join(presets)}")
+    for key, registry in (("partition", PARTITIONERS), ("aggregator", AGGREGATORS), ("kd", DISTILLERS)):
+        if getattr(cfg, key) not in registry:
+            raise bad(key, f"unknown {registry.kind} {getattr(cfg, key)!r}; choose one of: {', '.join(registry.names())}")
+    method = DISTILLERS.get(cfg.kd)
+    if method.needs_real_data:
+        raise bad("kd", f"{cfg.kd} needs the clients' data; the server distils data-free")
+    if cfg.kd_preset not in method.presets:
+        raise bad("kd_preset", f"unknown preset {cfg.kd_preset!r} for {cfg.kd}; choose one of: {', '.join(method.presets)}")
+    aggregator = AGGREGATORS.get(cfg.aggregator)
+    try:
+        parts = parse_spec(cfg.abd)
+    except (KeyError, ValueError) as e:
+        raise bad("abd", str(e)) from None
+    checks = [("kd_overrides", lambda: make_config(method.config_cls, method.presets, cfg.kd_preset, cfg.kd_overrides)),
+              ("aggregator_settings", lambda: aggregator.settings_from(cfg))]
+    checks += [(p, lambda p=p: defense_settings(p, getattr(cfg, p, None))) for p in parts]
+    for key, check in checks:
+        try:
+            check()
+        except (TypeError, ValueError) as e:
+            raise bad(key, str(e)) from None
     for key in ("student", "client_arch"):
         if getattr(cfg, key) not in MODELS:
             raise bad(key, f"unknown model {getattr(cfg, key)!r}; choose one of: {', '.join(MODELS.names())}")
@@ -179,15 +197,15 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
         unknown = [a for a in cfg.client_archs if a not in MODELS]
         if unknown:
             raise bad("client_archs", f"unknown model(s) {unknown}; choose from: {', '.join(MODELS.names())}")
-        if cfg.aggregator != "distill" and len(set(cfg.client_archs)) > 1:
+        if aggregator.averages_weights and len(set(cfg.client_archs)) > 1:
             raise bad("aggregator", f"{cfg.aggregator} averages weights and needs one client architecture; "
-                                    "heterogeneous clients need aggregator: distill")
+                                    "heterogeneous clients need an aggregator that distils (distill)")
     if cfg.target is not None:
         from .data import dataset_info
         if not 0 <= cfg.target < dataset_info(cfg.dataset).num_classes:
             raise bad("target", f"not a class of {cfg.dataset}")
-    if cfg.abd != "none" and cfg.aggregator != "distill":
-        raise bad("abd", "ABD protects distillation; it needs aggregator: distill")
+    if parts and not aggregator.uses_defense:
+        raise bad("abd", f"ABD protects distillation; {cfg.aggregator} does not distil (use aggregator: distill)")
     return cfg
 
 

@@ -50,7 +50,7 @@ def seed_everything(seed: int) -> torch.Generator:
 def speed_switches(models, device: torch.device, channels_last: bool | None = None,
                    bf16: bool | None = None) -> tuple[bool, bool]:
     """Resolve the channels_last / bf16 switches; None = auto: on for BatchNorm conv nets (WRN,
-    ResNet: 1.24x and 1.67x together on WRN-16-2 -> WRN-16-1 in benchmarks/results/distill_speed.md),
+    ResNet; measured in benchmarks/),
     bf16 only where the hardware has a fast path. Small nets (LeNet) gain nothing: off."""
     convnet = any(isinstance(m, torch.nn.BatchNorm2d) for model in models for m in model.modules())
     cl = convnet if channels_last is None else channels_last

@@ -1,6 +1,6 @@
-"""The federated scenario's logic in pure PyTorch (no Flower): client data and local training,
-malicious-client selection, upload validation, data-free distillation aggregation, evaluation and
-atomic per-round checkpoints. ``clients/`` and ``server/`` only translate Flower messages to these.
+"""The federated scenario's building blocks in pure PyTorch (no Flower): client data and local
+training, malicious-client selection, upload validation, evaluation and atomic per-round
+checkpoints. The round itself is :mod:`fedabd.engine`; aggregation is :mod:`fedabd.aggregators`.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from .attacks import Attack, create_attack, poison_dataset
 from .config import ScenarioConfig
 from .data import DatasetInfo, ImageSet, dataset_info, load_dataset
 from .data.partition import partition
-from .distill import create_distiller
 from .metrics import evaluate
 from .models import create_model
 from .train import TrainConfig, train_classifier
@@ -47,7 +46,8 @@ def dataset_split(cfg: ScenarioConfig, split: str) -> ImageSet:
 
 @lru_cache(maxsize=8)
 def _partitions(name: str, data_dir: str | None, clients: int, scheme: str, seed: int, alpha: float, k: int):
-    return partition(_load(name, "train", data_dir).labels, clients, scheme, seed=seed, alpha=alpha, classes_per_client=k)
+    return partition(_load(name, "train", data_dir).labels, clients, scheme, seed=seed, alpha=alpha,
+                     classes_per_client=k)
 
 
 def client_data(cfg: ScenarioConfig, pid: int) -> ImageSet:
@@ -196,37 +196,6 @@ def screen_uploads(cfg: ScenarioConfig, info: DatasetInfo, uploads: list[Upload]
             rejected[up.pid] = reason
             log.warning("round upload of client %d rejected: %s", up.pid, reason)
     return valid, rejected
-
-
-def build_defense(cfg: ScenarioConfig):
-    from .defenses import build_defense as _build
-    return _build(cfg.abd, sv=cfg.sv, sr=cfg.sr)
-
-
-def distill_aggregate(cfg: ScenarioConfig, info: DatasetInfo, rnd: int, uploads: list[Upload],
-                      student_state: StateDict | None, device: torch.device | str = "cpu",
-                      progress=None) -> tuple[StateDict, dict]:
-    """Data-free ensemble distillation of the uploads (teachers) into the global student, warm-started
-    from ``student_state``. Returns the new student state and round info (timings, defence decisions)."""
-    if not uploads:
-        raise ValueError("no valid teacher to distil from")
-    teachers = []
-    for up in uploads:
-        t = create_model(client_arch(cfg, up.pid), num_classes=info.num_classes, in_channels=info.channels,
-                         image_size=info.image_size)
-        t.load_state_dict(up.state)
-        teachers.append(t)
-    student = create_model(cfg.student, num_classes=info.num_classes, in_channels=info.channels, image_size=info.image_size)
-    if student_state is not None:
-        student.load_state_dict(student_state)
-    weights = [float(u.num_examples) for u in uploads] if cfg.weight_by_samples else None
-    seed = derive_seed(cfg.seed, rnd, 99)
-    torch.manual_seed(seed)
-    distiller = create_distiller(cfg.kd, teachers, student, info, preset=cfg.kd_preset, overrides=cfg.kd_overrides,
-                                 device=device, seed=seed, defense=build_defense(cfg), teacher_weights=weights)
-    result = distiller.run(progress=progress)
-    state = {k: v.detach().cpu() for k, v in result.student.state_dict().items()}
-    return state, {"distill_seconds": result.seconds, "defense": result.defense_state}
 
 
 def evaluate_state(cfg: ScenarioConfig, info: DatasetInfo, arch: str, state: StateDict,

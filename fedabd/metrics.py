@@ -1,4 +1,4 @@
-"""Acc, ASR and R-Acc (definitions: spec section 1), one vocabulary everywhere."""
+"""Acc, ASR and R-Acc, one vocabulary everywhere."""
 from __future__ import annotations
 
 import torch

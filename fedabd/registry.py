@@ -12,8 +12,9 @@ from typing import Generic, TypeVar
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
-    """Raised for a name that is not registered; the message lists the valid names."""
+class UnknownNameError(KeyError, ValueError):
+    """Raised for a name that is not registered; the message lists the valid names. A KeyError
+    (a lookup) and a ValueError (a bad setting), so either handler catches it."""
 
     def __str__(self) -> str:  # KeyError quotes its argument; we want plain text
         return str(self.args[0])

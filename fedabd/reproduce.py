@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .report import markdown_table
 
 # Spec section 5: the paper's CIFAR-10 numbers (WRN-16-2 -> WRN-16-1, ZSKT), Acc / ASR %.
 PAPER = {
@@ -75,6 +74,12 @@ def check_base(plan: Plan) -> None:
                          + " (teachers and cells are reused only when these match)")
     if Path(plan.base).resolve() == Path(plan.out).resolve():
         raise ValueError("--base must be another folder than --out")
+
+
+def needs_data(kd: str) -> bool:
+    """Whether method ``kd`` trains on real data (vanilla KD, the clean reference): no defence cells."""
+    from .distill import DISTILLERS
+    return DISTILLERS.get(kd).needs_real_data
 
 
 def _job_path(root: Path, seed: int, attack: str, kd: str, defense: str) -> Path:
@@ -149,7 +154,7 @@ def run_job(plan: Plan, job: Job, progress=None, threads: int = 0) -> None:
     distill_files([model_paths(tpath)[0]], kd, plan.student, target, preset=plan.preset,
                   overrides=plan.overrides.get(kd), defense=build_defense(defense, sv=plan.sv, sr=plan.sr),
                   defense_name=defense, seed=seed, device=plan.device, test=test,
-                  real_data=train if kd == "vanilla" else None, progress=progress)
+                  real_data=train if needs_data(kd) else None, progress=progress)
 
 
 def _run_all(plan: Plan, jobs: list[Job], on_done: Callable[[Job], None], notify: Notify | None, progress) -> None:
@@ -163,7 +168,6 @@ def _run_all(plan: Plan, jobs: list[Job], on_done: Callable[[Job], None], notify
             on_done(job)
         return
     import multiprocessing
-    import os
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     threads = max(1, (os.cpu_count() or 1) // plan.jobs)
@@ -213,7 +217,7 @@ def main_jobs(plan: Plan) -> list[Job]:
     for seed in plan.seeds:
         for attack in ["clean", *[a for a in plan.attacks if a != "clean"]]:
             for kd in plan.kds:
-                for d in (["none"] if kd == "vanilla" else plan.defenses):
+                for d in (["none"] if needs_data(kd) else plan.defenses):
                     jobs.append((seed, attack, kd, d))
     return jobs
 
@@ -223,7 +227,7 @@ def transferring(plan: Plan, results: dict) -> list[str]:
     scores = {}
     for attack in plan.attacks:
         asr = [results[(attack, kd, "none")]["asr"][0] for kd in plan.kds
-               if kd != "vanilla" and (attack, kd, "none") in results]
+               if not needs_data(kd) and (attack, kd, "none") in results]
         if asr:
             scores[attack] = sum(asr) / len(asr)
     return sorted(scores, key=scores.get, reverse=True)
@@ -231,7 +235,7 @@ def transferring(plan: Plan, results: dict) -> list[str]:
 
 def ablation_jobs(plan: Plan, results: dict) -> list[Job]:
     top = [a for a in transferring(plan, results) if a != "clean"][:plan.ablation_top]
-    return [(s, a, kd, d) for s in plan.seeds for a in top for kd in plan.kds if kd != "vanilla" for d in ("sv", "sr")]
+    return [(s, a, kd, d) for s in plan.seeds for a in top for kd in plan.kds if not needs_data(kd) for d in ("sv", "sr")]
 
 
 def _stat(values: list[float]) -> tuple[float, float, int]:
@@ -298,95 +302,9 @@ def claim(plain: dict, abd: dict) -> dict | None:
             "met": asr1 <= asr0 / 2 and 100 * (acc0 - acc1) <= 5}
 
 
-def _fmt(entry: dict | None, seeds: int = 0) -> str:
-    """``acc / asr`` in %, with the spread over seeds, and ``(n=k)`` where fewer than ``seeds`` seeds ran."""
-    if entry is None:
-        return "-"
-    acc = entry["acc"]
-    s = f"{100 * acc[0]:.1f}"
-    if acc[2] > 1:
-        s += f"±{100 * acc[1]:.1f}"
-    if "asr" in entry:
-        asr = entry["asr"]
-        s += f" / {100 * asr[0]:.1f}" + (f"±{100 * asr[1]:.1f}" if asr[2] > 1 else "")
-    if acc[2] < seeds:
-        s += f" (n={acc[2]})"
-    return s
-
-
-def results_page(plan: Plan, results: dict, command: str, seconds: float, pending: int = 0) -> str:
-    kds = [k for k in plan.kds if k != "vanilla"]
-    cols = ["teacher"] + (["vanilla KD"] if "vanilla" in plan.kds else [])
-    for kd in kds:
-        cols += [kd] + ([f"{kd} + ABD"] if "sv+sr" in plan.defenses else [])
-    n_seeds = len(plan.seeds)
-    fmt = functools.partial(_fmt, seeds=n_seeds)
-    rows = []
-    for attack in ["clean", *plan.attacks]:
-        r = [attack, fmt(results.get((attack, "teacher", "none")))]
-        if "vanilla" in plan.kds:
-            r.append(fmt(results.get((attack, "vanilla", "none"))))
-        for kd in kds:
-            r.append(fmt(results.get((attack, kd, "none"))))
-            if "sv+sr" in plan.defenses:
-                r.append(fmt(results.get((attack, kd, "sv+sr"))))
-        rows.append(r)
-    lines = [f"# Reproduction: data-free KD of poisoned teachers, with and without ABD ({plan.dataset})", "",
-             f"Command: `{command}`  ", f"Run time: {seconds / 60:.1f} min on this machine (2 CPU cores, {plan.jobs} worker process(es)); "
-             f"seeds: {', '.join(map(str, plan.seeds))}; teacher {plan.teacher_arch} ({plan.teacher_epochs} epochs), "
-             f"student {plan.student}, method preset `{plan.preset}`"
-             + (f", overrides `{json.dumps(plan.overrides)}`" if plan.overrides else "")
-             + (f", ABD settings `{json.dumps({'sv': plan.sv, 'sr': plan.sr})}`" if plan.sv or plan.sr else "") + ".", "",
-             *([f"Teachers and cells without a defence are reused from [{plan.base}]({os.path.relpath(Path(plan.base) / 'RESULTS.md', plan.out)}) "
-               "where it has them (same data, models and method settings).", ""] if plan.base else []),
-             *([f"**In progress: {pending} job(s) still to run** (re-run the command to resume).", ""] if pending else []),
-             f"Cells: Acc / ASR in %, mean{'±std over ' + str(n_seeds) + ' seeds' if n_seeds > 1 else ' (one seed)'}.", "",
-             markdown_table(["attack", *cols], rows)]
-    top = [a for a in transferring(plan, results) if a != "clean"][:plan.ablation_top]
-    if top:
-        abl_rows = []
-        for attack in top:
-            for kd in kds:
-                abl_rows.append([attack, kd] + [fmt(results.get((attack, kd, d))) for d in ("none", "sv", "sr", "sv+sr")])
-        lines += ["## Ablation (attacks that transfer most)", "",
-                  markdown_table(["attack", "method", "no defence", "SV only", "SR only", "SV + SR"], abl_rows)]
-    lines += ["## The paper's claims checked", ""]
-    checks = []
-    for attack in plan.attacks:
-        for kd in kds:
-            plain, abd = results.get((attack, kd, "none")), results.get((attack, kd, "sv+sr"))
-            if plain is None or "asr" not in plain:
-                continue
-            transfers = plain["asr"][0] >= 0.5
-            verdict = "-"
-            c = claim(plain, abd) if transfers and abd is not None else None
-            if c is not None:
-                verdict = ("yes" if c["met"] else "no") + \
-                    f" (ASR {100 * c['asr'][0]:.1f} -> {100 * c['asr'][1]:.1f}, " \
-                    f"Acc {100 * c['acc'][0]:.1f} -> {100 * c['acc'][1]:.1f}; " \
-                    f"seeds {','.join(map(str, c['seeds']))}, halved on {c['halved_on']} of {len(c['seeds'])})"
-            checks.append([attack, kd, "yes" if transfers else "no", verdict])
-    lines += [markdown_table(["attack", "method", "transfers (ASR >= 50 %)", "ABD halves ASR, Acc loss <= 5"], checks)]
-    clean_kd = [a for a in plan.attacks if (a, "vanilla", "none") in results and "asr" in results[(a, "vanilla", "none")]]
-    if clean_kd:
-        lines += [f"Vanilla KD on clean data: max ASR over attacks "
-                  f"{100 * max(results[(a, 'vanilla', 'none')]['asr'][0] for a in clean_kd):.1f} %.", ""]
-    off = sorted({(a, kd) for (a, kd, d), e in results.items() if "sv" in d and "off" in e.get("sv_status", [])})
-    if off:
-        lines += ["Shuffle selection switched SV off (no good shuffle found) for: "
-                  + ", ".join(f"{a}/{kd}" for a, kd in off) + ".", ""]
-    paper_rows = []
-    for attack, (t, z, za, ck) in PAPER.items():
-        ours = [results.get((attack, "teacher", "none")), results.get((attack, "zskt", "none")),
-                results.get((attack, "zskt", "sv+sr")), results.get((attack, "vanilla", "none"))]
-        paper_rows.append([attack] + [f"{a:.1f} / {b:.1f}" for a, b in (t, z, za, ck)] + [fmt(o) for o in ours])
-    lines += ["## Beside the paper (CIFAR-10, WRN-16-2 -> WRN-16-1; spec section 5)", "",
-              markdown_table(["attack", "paper teacher", "paper ZSKT", "paper ZSKT + ABD", "paper clean KD",
-                              "our teacher", "our ZSKT", "our ZSKT + ABD", "our vanilla KD"], paper_rows)]
-    return "\n".join(lines)
-
-
 def write_page(plan: Plan, results: dict, command: str, seconds: float, pending: int = 0) -> Path:
+    from .reproduce_page import results_page
+
     page = plan.out / "RESULTS.md"
     page.write_text(results_page(plan, results, command, seconds, pending))
     (plan.out / "results.json").write_text(json.dumps({"|".join(k): v for k, v in results.items()}, indent=2))

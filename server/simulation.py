@@ -12,7 +12,7 @@ FLWR_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_LOG_LEVEL": "WARNING",
+    "FLWR_LOG_LEVEL": "ERROR",  # its warnings (e.g. run_simulation deprecated) are noise here; errors show
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     "RAY_DEDUP_LOGS": "0",
 }
@@ -39,7 +39,7 @@ def simulate(cfg: ScenarioConfig, on_round=None, resume: bool = False, progress=
         "init_args": {"num_cpus": cpus, "num_gpus": 1 if gpus else 0, "logging_level": "ERROR",
                       "log_to_driver": False, "include_dashboard": False},
     }
-    logging.getLogger("flwr").setLevel(logging.WARNING)
+    logging.getLogger("flwr").setLevel(logging.ERROR)
     run_simulation(server_app=make_server_app(cfg, on_round, resume, progress, result),
                    client_app=client_app or make_client_app(cfg), num_supernodes=cfg.clients, backend_config=backend_config)
     errors = [r for r in result if isinstance(r, BaseException)]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from fedabd import federated as fed
+from fedabd.aggregators import create_aggregator
 from fedabd.config import load_scenario
 from fedabd.data import dataset_info
 from fedabd.models import create_model
@@ -88,13 +89,16 @@ def test_distill_aggregate_trains_the_student_from_the_uploads():
            fed.Upload(1, fed.local_update(c, 1, 1, None, False).state, 1)]
     before = {k: v.clone() for k, v in ups[0].state.items()}
     start = create_model(c.student, num_classes=10, in_channels=1, image_size=28).state_dict()
-    state, info = fed.distill_aggregate(c, INFO, 1, ups, start)
+    agg = create_aggregator(c, INFO)
+    result = agg.aggregate(1, ups, start)
+    state, info = result.state, result.info
+    assert result.selected == [0, 1]
     assert set(state) == set(start)
     assert any(not torch.equal(state[k], start[k]) for k in start)
     assert all(torch.equal(before[k], ups[0].state[k]) for k in before)  # teachers untouched
     assert info["distill_seconds"] > 0
     with pytest.raises(ValueError, match="no valid teacher"):
-        fed.distill_aggregate(c, INFO, 1, [], start)
+        agg.aggregate(1, [], start)
 
 
 def test_checkpoint_round_trip_and_atomic_replace(tmp_path):

@@ -22,3 +22,29 @@ def test_apps_import_under_the_fedabd_namespace():
 
     assert Path(fedabd.clients.__file__).parent == ROOT / "clients"
     assert Path(fedabd.server.__file__).parent == ROOT / "server"
+
+
+def test_the_library_never_imports_flower_the_apps_or_the_cli_and_no_file_is_long():
+    import ast
+
+    bad, long = [], []
+    for path in sorted((ROOT / "fedabd").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        if len(path.read_text().splitlines()) > 400:
+            long.append(str(rel))
+        if rel.parts[1] == "cli":  # the CLI may import everything
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                mods = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [("." * node.level) + (node.module or "")]
+            else:
+                continue
+            if any(m.split(".")[0] == "flwr" or m.startswith(("fedabd.server", "fedabd.clients", "fedabd.cli", ".cli"))
+                   for m in mods):
+                bad.append(f"{rel}: {mods}")
+    for folder in ("server", "clients"):
+        long += [str(p.relative_to(ROOT)) for p in (ROOT / folder).glob("*.py") if len(p.read_text().splitlines()) > 400]
+    assert not bad, bad
+    assert not long, long

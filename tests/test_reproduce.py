@@ -3,7 +3,8 @@ import json
 
 import pytest
 
-from fedabd.reproduce import (SHARED_WITH_BASE, Plan, check_base, claim, collect, job_dir, results_page, teacher_path,
+from fedabd.reproduce_page import results_page
+from fedabd.reproduce import (SHARED_WITH_BASE, Plan, check_base, claim, collect, job_dir, teacher_path,
                                timed_run)
 
 TINY = {"vanilla": {"epochs": 1}, "zskt": {"pseudo_batches": 2, "batch_size": 32, "student_steps_per_pb": 2},

@@ -121,10 +121,11 @@ class DistillResult:
 class Distiller:
     """Base class. Subclasses set ``config_cls``/``presets`` and implement ``setup`` and ``iteration``.
 
-    ``setup`` must create the student's optimiser as ``self.student_opt`` and every config must have
-    ``sr_lr``: the base class switches that optimiser to the defence's final phase
+    ``setup`` must create the student's optimiser as ``self.student_opt``, every student update
+    goes through :meth:`student_step` (which runs the defence's final-phase hook), and every config
+    must have ``sr_lr``: the base class switches that optimiser to the defence's final phase
     (:meth:`on_final_phase`); a method's own LR schedule must leave the LR alone while
-    ``self.in_final_phase``.
+    ``self.in_final_phase``. Every method has a ``"smoke"`` preset: its smallest complete run.
     """
 
     config_cls: ClassVar[type]
@@ -235,6 +236,23 @@ class Distiller:
         """Whether the method's student gradient clipping applies now (off in a final phase whose
         :class:`FinalPhase` says so)."""
         return not self.in_final_phase or self.defense.final_phase_optimizer.clip
+
+    def student_step(self, loss: torch.Tensor, x: torch.Tensor,
+                     clip: Callable[[Any], None] | None = None) -> dict:
+        """One update of the student from ``loss`` on batch ``x``, with the defence hook.
+
+        zero_grad, backward; in the defence's final phase ``defense.final_phase_step(self, x)`` adds
+        its gradients; ``clip(parameters)`` when given and :attr:`clip_student` allows; optimiser step.
+        Every method updates its student through here, so no method can leave the hook out.
+        Returns the defence's metrics ({} outside the final phase).
+        """
+        self.student_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        out = (self.defense.final_phase_step(self, x) or {}) if self.in_final_phase else {}
+        if clip is not None and self.clip_student:
+            clip(self.student.parameters())
+        self.student_opt.step()
+        return out
 
     def student_lr(self) -> float:
         return float(self.student_opt.param_groups[0]["lr"])

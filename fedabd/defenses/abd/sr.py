@@ -1,4 +1,4 @@
-"""Self-Retrospection (SR): ABD's end-of-distillation unlearning step (spec section 3.2).
+"""Self-Retrospection (SR): ABD's end-of-distillation unlearning step (Hong et al., ICML 2023).
 
 In the final ``fraction`` of the run every student step additionally does:
 
@@ -36,21 +36,8 @@ temperature 1 for every method.
    derivative of ``L_out(d*(th), th)`` for the fixed point ``d* = Phi(d*, th)`` (exact as K -> inf
    when ``Phi`` is a contraction in ``d``).
 
-   ``search="mask"`` (ours, not in the paper) replaces steps 1-2 with a Neural-Cleanse-style
-   trigger: on the first SR step a mask ``m`` and pattern ``p`` (``stamp(x) = (1-m) x + m p``) are
-   searched for every class (``mask_steps`` Adam steps on ``CE(M(stamp(x)), c) + mask_l1 * |m|_1``);
-   the class with the smallest mask is taken as the backdoor's target, and every later SR step
-   refines its mask on the new batch (``mask_refine_steps``, warm start). The unlearning gradient
-   is that of ``L_out`` with ``stamp`` in place of ``+ delta`` (the trigger held fixed; no
-   hypergradient). Why: ``scripts/sr_trigger_probe.py`` found that the paper's search finds a
-   dense perturbation to the backdoor's class that is not the trigger (results/sr_trigger_probe).
-   ``search="auto"`` (ours) runs the same class search but keeps the mask only when its class
-   stands out, smallest / second-smallest mask L1 below ``mask_ratio``, and otherwise falls back to
-   the paper's search (a run that falls back is identical to a ``"perturbation"`` run). The 0.6
-   default was read off seed 0 of the mask-search reproduction (results/reproduce_mask), where the
-   ratio was 0.33-0.43 for the backdoor's class and 0.89-1.00 otherwise; over three seeds the right
-   class ranged 0.23-0.96, and plain ``"mask"`` met the paper's claim in more runs (9 vs 7 of 24,
-   results/reproduce_mask/auto_rule.md).
+   ``search="mask"`` / ``"auto"`` (ours, not in the paper) replace steps 1-2 with a
+   Neural-Cleanse-style mask-and-pattern trigger: see :mod:`fedabd.defenses.abd.sr_mask`.
 
 3. The distiller then takes its optimiser step with KD gradient + SR gradient. The final phase's
    optimiser (:attr:`final_phase_optimizer`) is the authors' by default: a fresh optimiser
@@ -78,87 +65,19 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from ...distill.base import Defense, FinalPhase
 from ...distill.losses import kl_div
+from ..base import DEFENSES
+from .sr_config import SRConfig
+from .sr_mask import MaskTrigger, _float, search_mask
 
 log = logging.getLogger("fedabd.defenses.abd.sr")
 
-_TRIGGER_SOURCES = ("teacher", "student")
-_SEARCHES = ("perturbation", "mask", "auto")
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
-
-
-@dataclass(frozen=True)
-class SRConfig:
-    fraction: float = 0.02          # final-phase fraction of the run (paper: last 1-2 %)
-    trigger_steps: int = 10         # R Adam steps of trigger synthesis (paper: 10 or 20)
-    trigger_lr: float = 0.1         # Adam LR of trigger synthesis
-    trigger_init: str = "noise"     # "noise" (N(0, init_std^2)) or "zero" (the reference)
-    init_std: float = 1e-3          # std of the noise start
-    restarts: int = 1               # independent trigger searches; the best final objective wins
-    trigger_norm_bound: float = 0.0  # > 0: project delta onto the L2 ball of this radius
-    trigger_source: str = "teacher"  # "teacher" (the authors' defence runs) or "student"
-    inner_reg: float = 0.001        # L2 penalty of the inner objective
-    inner_lr: float = 0.1           # step of the fixed-point map Phi
-    fixed_point_iters: int = 5      # K (terms of the Neumann series, v_0 = 0)
-    portion: float = 0.02           # fraction of the batch patched in L_out (at least one sample)
-    weight: float = 1.0             # scale of the unlearning gradient added to .grad
-    bn_mode: str = "eval"           # "eval" or "train" (see module docstring)
-    search: str = "perturbation"    # "perturbation" (the paper's), "mask" or "auto" (see the module docstring)
-    mask_l1: float = 0.01           # "mask": L1 weight on the mask
-    mask_steps: int = 200           # "mask": Adam steps per class when the class is chosen
-    mask_refine_steps: int = 10     # "mask": Adam steps per SR step on the chosen class (warm start)
-    mask_lr: float = 0.1            # "mask": Adam LR of the mask search
-    mask_ratio: float = 0.6         # "auto": the mask is used if smallest / second-smallest mask L1 < this
-    inner_clean_grad: bool = False  # L_in's clean branch differentiable (exact hypergradient; the authors': no)
-    divergence: str = "method"      # "method": the distiller's SR divergence (the authors'); "kl1": KL at tau 1
-    fresh_optimizer: bool = True    # final phase: a fresh student optimiser (the authors')
-    lr_schedule: str = "cosine"     # final phase: "cosine" from sr_lr to 0 (the authors') or "constant"
-    clip: bool = False              # final phase: keep the method's gradient clipping (the authors': no)
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.fraction <= 1.0:
-            raise ValueError(f"SRConfig.fraction must be in (0, 1], got {self.fraction}")
-        if self.trigger_steps < 0 or self.fixed_point_iters < 0:
-            raise ValueError("SRConfig.trigger_steps and fixed_point_iters must be >= 0")
-        if self.restarts < 1:
-            raise ValueError(f"SRConfig.restarts must be >= 1, got {self.restarts}")
-        if self.trigger_init not in ("noise", "zero"):
-            raise ValueError(f"SRConfig.trigger_init must be 'noise' or 'zero', got {self.trigger_init!r}")
-        if self.trigger_source not in _TRIGGER_SOURCES:
-            raise ValueError(f"SRConfig.trigger_source must be one of {_TRIGGER_SOURCES}, got {self.trigger_source!r}")
-        if self.bn_mode not in ("eval", "train"):
-            raise ValueError(f"SRConfig.bn_mode must be 'eval' or 'train', got {self.bn_mode!r}")
-        if self.search not in _SEARCHES:
-            raise ValueError(f"SRConfig.search must be one of {_SEARCHES}, got {self.search!r}")
-        if self.divergence not in ("method", "kl1"):
-            raise ValueError(f"SRConfig.divergence must be 'method' or 'kl1', got {self.divergence!r}")
-        if self.lr_schedule not in ("cosine", "constant"):
-            raise ValueError(f"SRConfig.lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
-        if not 0.0 <= self.mask_ratio <= 1.0:
-            raise ValueError(f"SRConfig.mask_ratio must be in [0, 1], got {self.mask_ratio}")
-        if self.mask_steps < 1 or self.mask_refine_steps < 0:
-            raise ValueError("SRConfig.mask_steps must be >= 1 and mask_refine_steps >= 0")
-        if not 0.0 < self.portion <= 1.0:
-            raise ValueError(f"SRConfig.portion must be in (0, 1], got {self.portion}")
-        for name in ("trigger_lr", "inner_lr", "mask_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"SRConfig.{name} must be > 0, got {getattr(self, name)}")
-        for name in ("init_std", "inner_reg", "weight", "trigger_norm_bound", "mask_l1"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"SRConfig.{name} must be >= 0, got {getattr(self, name)}")
-
-
-# -- helpers --------------------------------------------------------------------------------------
-
-def _float(t: torch.Tensor) -> torch.Tensor:
-    """Half / bf16 -> float32; float32 and float64 unchanged (the FD tests run in float64)."""
-    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def _logits(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -303,51 +222,6 @@ def _outer(student: nn.Module, x: torch.Tensor, stamp, idx: torch.Tensor, div: D
     return div(clean.detach() if detach_clean else clean, _logits(student, torch.where(chosen, stamp(x), x))).sum() / b
 
 
-@dataclass
-class MaskTrigger:
-    """``stamp(x) = (1 - m) x + m p`` with ``m = sigmoid(mask_logit)`` (1x1xHxW) and
-    ``p = lo + (hi - lo) sigmoid(pattern_logit)`` (1xCxHxW) inside the input range."""
-    mask_logit: torch.Tensor
-    pattern_logit: torch.Tensor
-    lo: torch.Tensor
-    hi: torch.Tensor
-
-    def parts(self) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.sigmoid(self.mask_logit), self.lo + (self.hi - self.lo) * torch.sigmoid(self.pattern_logit)
-
-    def stamp(self, x: torch.Tensor) -> torch.Tensor:
-        m, p = self.parts()
-        return (1 - m) * x + m * p
-
-    def size(self) -> float:
-        return float(torch.sigmoid(self.mask_logit).sum())
-
-
-def search_mask(model_fn, x: torch.Tensor, target: int, lo: torch.Tensor, hi: torch.Tensor, cfg: SRConfig,
-                steps: int, start: MaskTrigger | None = None) -> MaskTrigger:
-    """Neural Cleanse's search for one class: the mask and pattern minimising
-    ``CE(M(stamp(x)), target) + mask_l1 * sum(m)`` by ``steps`` Adam steps, from ``start`` or from
-    an almost empty mask (sigmoid(-3) = 0.05) and a mid-range pattern. Only the trigger's own
-    gradients are computed."""
-    x = x.detach()
-    if start is None:
-        start = MaskTrigger(torch.full((1, 1, *x.shape[2:]), -3.0, dtype=x.dtype, device=x.device),
-                            torch.zeros((1, *x.shape[1:]), dtype=x.dtype, device=x.device), lo, hi)
-    trig = MaskTrigger(start.mask_logit.detach().clone().requires_grad_(True),
-                       start.pattern_logit.detach().clone().requires_grad_(True), lo, hi)
-    opt = torch.optim.Adam([trig.mask_logit, trig.pattern_logit], lr=cfg.mask_lr)
-    labels = torch.full((x.shape[0],), target, dtype=torch.long, device=x.device)
-    for _ in range(steps):
-        with torch.enable_grad():
-            loss = nn.functional.cross_entropy(_float(model_fn(trig.stamp(x))), labels) \
-                + cfg.mask_l1 * torch.sigmoid(trig.mask_logit).sum()
-            grads = torch.autograd.grad(loss, [trig.mask_logit, trig.pattern_logit])
-        for t, g in zip((trig.mask_logit, trig.pattern_logit), grads):
-            t.grad = g
-        opt.step()
-    return MaskTrigger(trig.mask_logit.detach(), trig.pattern_logit.detach(), lo, hi)
-
-
 def implicit_hypergradient(student: nn.Module, x: torch.Tensor, delta: torch.Tensor, idx: torch.Tensor,
                            cfg: SRConfig, return_outer: bool = False, div: Divergence = _per_sample_kl,
                            detach_clean: bool = False):
@@ -381,8 +255,11 @@ def implicit_hypergradient(student: nn.Module, x: torch.Tensor, delta: torch.Ten
 
 # -- the defence ----------------------------------------------------------------------------------
 
+@DEFENSES.register("sr")
 class SelfRetrospection(Defense):
     """The SR defence hook (see the module docstring)."""
+
+    config_cls = SRConfig
 
     def __init__(self, cfg: SRConfig | None = None, seed: int | None = None) -> None:
         self.cfg = cfg or SRConfig()

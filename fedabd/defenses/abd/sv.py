@@ -1,4 +1,4 @@
-"""Shuffling Vaccine (SV), the distillation-time half of ABD (spec section 3.1).
+"""Shuffling Vaccine (SV), the distillation-time half of ABD.
 
 A shuffled teacher T~ is built from k deep copies of the teacher (of every member, for an ensemble
 teacher); in each copy the INPUT channels of a few late layers are permuted, with an independent
@@ -55,6 +55,7 @@ from torch.nn.modules.conv import _ConvNd
 
 from ...distill.base import Defense
 from ...models.ensemble import Ensemble, freeze
+from ..base import DEFENSES
 
 log = logging.getLogger(__name__)
 
@@ -67,11 +68,9 @@ class SVConfig:
     k: int = 3                     # shuffled copies per teacher (member)
     n: int = 5                     # layers whose input channels are shuffled (see shuffle_layers)
     lam: float = 0.1               # weight of L_SV / of the suspicious part of the OOD loss
-    select: bool = False           # shuffle selection (spec 3.1, optional); False = use the first
+    select: bool = False           # shuffle selection (the paper's optional step); False = use the first
                                    # draw. Off by default as in the reference implementation
-                                   # (its pseudo_test_batches defaults to 0 for ZSKT, CMI and OOD):
-                                   # at CPU scale the tail rule switched SV off in 26 of 33 runs
-                                   # (results/reproduce_select/README.md)
+                                   # (its pseudo_test_batches defaults to 0 for ZSKT, CMI and OOD)
     tail_ratio: float = 0.02       # a draw is good if > tail_ratio of samples lie in the low tail
     tail_std: float = 3.0          # low tail: s_i < mean(s) - tail_std * std(s), s = log10 r
     max_redraws: int = 8           # re-draws after the first draw (1 + max_redraws draws in all)
@@ -246,11 +245,14 @@ def _forward(distiller, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(xin).float()
 
 
+@DEFENSES.register("sv")
 class ShufflingVaccine(Defense):
     """SV as a :class:`~fedabd.distill.base.Defense` (hooks: generator_loss, sample_weights, state).
 
     ``seed``: overrides the run's seed (``distiller.seed``) for the permutations.
     """
+
+    config_cls = SVConfig
 
     def __init__(self, cfg: SVConfig | None = None, seed: int | None = None) -> None:
         self.cfg = cfg or SVConfig()

@@ -1,4 +1,4 @@
-"""CMI: Contrastive Model Inversion (Fang et al. 2021), spec section 2 "CMI".
+"""CMI: Contrastive Model Inversion (Fang et al. 2021).
 
 One iteration = one epoch:
 
@@ -84,6 +84,9 @@ presets = {
                        s_lr=0.1, s_momentum=0.9, s_wd=1e-4, s_schedule="run", sr_lr=5e-4),
     # one federated round on the CPU: the student is warm-started from the previous round's
     "fed": CMIConfig(epochs=5, kd_steps=60),
+    # the smallest run through every code path (tests, and a quick check of a set-up)
+    "smoke": CMIConfig(epochs=2, g_steps=2, synth_batch=8, kd_steps=2, kd_batch=8, generator_width=8, nz=16,
+                       bank_size=32, n_neg=8, head_dim=16),
 }
 
 
@@ -364,13 +367,8 @@ class CMIDistiller(Distiller):
             t = self.teacher_logits(x)
             s = self.student_logits(x)
             loss = kd_loss(t, s, cfg.tau)
-            self.student_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if self.in_final_phase:
-                out = self.defense.final_phase_step(self, x)
-                for key, v in (out or {}).items():
-                    extra.setdefault(key, []).append(float(v))
-            self.student_opt.step()
+            for key, v in self.student_step(loss, x).items():
+                extra.setdefault(key, []).append(float(v))
             losses.append(float(loss.detach()))
         row = {"loss_kd": sum(losses) / len(losses)}
         row.update({key: sum(v) / len(v) for key, v in extra.items()})

@@ -1,4 +1,4 @@
-"""OOD: single-image distillation (Asano & Saeed 2023; spec section 2 "OOD", 3.1 OOD re-weighting).
+"""OOD: single-image distillation (Asano & Saeed 2023, with ABD's OOD re-weighting).
 
 No generator and no real data: a pool of augmented patches cut from ONE natural image stands in
 for the training set.
@@ -121,6 +121,8 @@ PRESETS = {
     "paper": OODConfig(num_patches=50_000, source_size=0, lr=1e-3, batch_size=512, steps=200 * math.ceil(50_000 / 512)),
     # one federated round on the CPU: the student is warm-started from the previous round's
     "fed": OODConfig(steps=500),
+    # the smallest run through every code path (tests, and a quick check of a set-up)
+    "smoke": OODConfig(num_patches=64, batch_size=16, steps=4, source_size=128),
 }
 
 
@@ -345,12 +347,7 @@ class OODDistiller(Distiller):
             with torch.no_grad():
                 cap = self.sample_loss(t, torch.zeros_like(s))
         loss = self.combine(per, weights, cap)
-        self.student_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics = {"loss": loss.item(), "kl": per.detach().mean().item()}
-        if self.in_final_phase:
-            metrics.update(self.defense.final_phase_step(self, x))
-        self.student_opt.step()
+        metrics = {"loss": loss.item(), "kl": per.detach().mean().item(), **self.student_step(loss, x)}
         if not self.in_final_phase:
             self.sched.step()
         metrics["agree"] = (t.argmax(1) == s.detach().argmax(1)).float().mean().item()

@@ -1,4 +1,4 @@
-"""Vanilla KD, the clean reference (spec section 2): Hinton KD on a fraction of the REAL training set.
+"""Vanilla KD, the clean reference: Hinton KD on a fraction of the REAL training set.
 
 L = alpha * tau^2 * KL_tau(T || S) + (1 - alpha) * CE(S, y)   (:func:`fedabd.distill.losses.hinton_loss`),
 alpha = 0.95, tau = 6, SGD lr 0.1 (paper preset; 0.02 in the CPU preset, see PRESETS) / momentum 0.9 /
@@ -58,6 +58,8 @@ PRESETS = {
     "cpu": VanillaConfig(),
     # the paper: 20 % of CIFAR-10, SGD lr 0.1, 200 epochs
     "paper": VanillaConfig(lr=0.1, epochs=200),
+    # the smallest run through every code path (tests, and a quick check of a set-up)
+    "smoke": VanillaConfig(batch_size=8, epochs=2),
 }
 
 
@@ -115,12 +117,7 @@ class VanillaKD(Distiller):
         t = self.teacher_logits(x)
         s = self.student_logits(x)
         loss = hinton_loss(t, s, y, alpha=cfg.alpha, tau=cfg.tau)
-        self.student_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        metrics = {"loss": loss.item()}
-        if self.in_final_phase:
-            metrics.update(self.defense.final_phase_step(self, x))
-        self.student_opt.step()
+        metrics = {"loss": loss.item(), **self.student_step(loss, x)}
         if not self.in_final_phase:
             self.sched.step()
         with torch.no_grad():

@@ -1,6 +1,6 @@
 """ZSKT: zero-shot knowledge transfer by adversarial belief matching (Micaelli & Storkey 2019).
 
-One iteration is one *pseudo-batch* (spec section 2):
+One iteration is one *pseudo-batch*:
 
 1. sample ``z ~ N(0, I)`` (``batch_size x nz``, from the run's seeded torch RNG, on the device);
 2. one generator step maximising the divergence on ``x = G(z)``:
@@ -100,6 +100,8 @@ PRESETS = {
                         generator_width=64),
     # one federated round on the CPU: the student is warm-started from the previous round's
     "fed": ZSKTConfig(pseudo_batches=200),
+    # the smallest run through every code path (tests, and a quick check of a set-up)
+    "smoke": ZSKTConfig(batch_size=16, generator_width=4, pseudo_batches=3, student_steps_per_pb=3),
 }
 
 
@@ -252,13 +254,7 @@ class ZSKT(Distiller):
             at = attention_loss(s_feats, t_attn)
             loss = loss + cfg.beta * at
             metrics["at"] = float(at.detach())
-        self.student_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.in_final_phase:
-            metrics.update(self.defense.final_phase_step(self, x) or {})
-        if self.clip_student:
-            self._clip(self.student.parameters())
-        self.student_opt.step()
+        metrics.update(self.student_step(loss, x, clip=self._clip))
         metrics["kl_s"] = float(kl.detach())
         metrics["loss_s"] = float(loss.detach())
         return metrics

@@ -1,0 +1,117 @@
+"""The Aggregator interface and the arithmetic the weight-averaging rules share.
+
+An aggregator is built once per run from the scenario (``Aggregator(cfg, info, device, progress)``)
+and called once per round with the round's screened uploads (sorted by client id) and the current
+global state; it returns the new global state and what it decided (:class:`Aggregate`).
+
+Rule-specific settings come from the scenario's ``aggregator_settings`` mapping, typed by the
+class's ``config_cls`` dataclass (its defaults are the rule's published defaults); unknown keys,
+wrong types and bad values are errors when the scenario loads.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
+
+import numpy as np
+import torch
+
+from ..registry import Registry
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..config import ScenarioConfig
+    from ..data import DatasetInfo
+    from ..federated import StateDict, Upload
+
+AGGREGATORS: Registry[type["Aggregator"]] = Registry("aggregator")
+
+
+@dataclass(frozen=True)
+class NoSettings:
+    """An aggregator without settings of its own."""
+
+
+@dataclass
+class Aggregate:
+    """One round's aggregation: the new global ``state``, the clients whose uploads it used
+    (``selected``; the others were set aside by the rule) and JSON-able ``info`` for the round row."""
+
+    state: "StateDict"
+    selected: list[int]
+    info: dict = field(default_factory=dict)
+
+
+class Aggregator:
+    """Base class. Subclasses implement :meth:`aggregate`.
+
+    - ``averages_weights``: the rule combines the clients' weights, so every client must share the
+      global architecture; False for rules that only query the client models (distillation).
+    - ``uses_defense``: the rule honours the scenario's ``abd`` defence.
+    """
+
+    config_cls: ClassVar[type] = NoSettings
+    averages_weights: ClassVar[bool] = True
+    uses_defense: ClassVar[bool] = False
+
+    def __init__(self, cfg: "ScenarioConfig", info: "DatasetInfo", device: torch.device | str = "cpu",
+                 progress=None) -> None:
+        self.cfg, self.info, self.device, self.progress = cfg, info, torch.device(device), progress
+        self.settings = self.settings_from(cfg)
+
+    @classmethod
+    def settings_from(cls, cfg: "ScenarioConfig"):
+        """The rule's typed settings from ``cfg.aggregator_settings`` (ValueError naming a bad key)."""
+        from ..distill.base import make_config
+        return make_config(cls.config_cls, {"default": cls.config_cls()}, "default", cfg.aggregator_settings)
+
+    @classmethod
+    def global_arch(cls, cfg: "ScenarioConfig") -> str:
+        """The global model's architecture: the clients' for weight averaging."""
+        return cfg.client_arch
+
+    def aggregate(self, rnd: int, uploads: Sequence["Upload"], global_state: "StateDict") -> Aggregate:
+        raise NotImplementedError
+
+
+def create_aggregator(cfg: "ScenarioConfig", info: "DatasetInfo", device: torch.device | str = "cpu",
+                      progress=None) -> Aggregator:
+    return AGGREGATORS.get(cfg.aggregator)(cfg, info, device, progress)
+
+
+def sample_weights(uploads: Sequence["Upload"]) -> list[float]:
+    """Each upload's share of the total declared sample count (FedAvg's weighting)."""
+    total = float(sum(u.num_examples for u in uploads))
+    return [u.num_examples / total for u in uploads]
+
+
+def weighted_mean(states: Sequence["StateDict"], weights: Sequence[float]) -> "StateDict":
+    """``sum_i w_i * state_i`` per tensor, accumulated in the order given.
+
+    Floating tensors are accumulated in their own dtype; integer buffers (e.g. BatchNorm's
+    ``num_batches_tracked``) in float64 and truncated back to their dtype. This is the arithmetic of
+    Flower 1.42's ``aggregate_arrayrecords``, so FedAvg here and there give the same numbers.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for state, w in zip(states, weights, strict=True):
+        for k, v in state.items():
+            term = v * w if v.is_floating_point() else v.double() * w
+            out[k] = term if k not in out else out[k] + term
+    ref = states[0]
+    return {k: v if ref[k].is_floating_point() else v.to(ref[k].dtype) for k, v in out.items()}
+
+
+def per_tensor(states: Sequence["StateDict"], fn) -> "StateDict":
+    """``fn(stacked)`` per tensor, where ``stacked`` is a numpy array (clients on axis 0); the
+    result keeps the tensor's dtype."""
+    out = {}
+    for k, ref in states[0].items():
+        stacked = np.stack([s[k].numpy() for s in states])
+        out[k] = torch.from_numpy(np.asarray(fn(stacked))).to(ref.dtype)
+    return out
+
+
+def flatten(state: "StateDict") -> torch.Tensor:
+    """All tensors of a state dict as one float64 vector (key order of the dict)."""
+    return torch.cat([v.detach().reshape(-1).double() for v in state.values()])
+

@@ -1,0 +1,55 @@
+"""Data-free ensemble distillation: the client models are the teachers of the global student,
+warm-started from the current one; the scenario's ``kd`` method runs with its ``abd`` defence.
+
+The teachers' ensemble weights are their declared sample counts (``weight_by_samples``), else equal.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..federated import client_arch, derive_seed
+from ..models import create_model
+from .base import AGGREGATORS, Aggregate, Aggregator
+
+
+@AGGREGATORS.register("distill")
+class Distill(Aggregator):
+    averages_weights = False
+    uses_defense = True
+
+    @classmethod
+    def global_arch(cls, cfg) -> str:
+        return cfg.student
+
+    def aggregate(self, rnd, uploads, global_state) -> Aggregate:
+        from ..defenses import build_defense
+        from ..device import speed_switches
+        from ..distill import create_distiller
+
+        cfg, info = self.cfg, self.info
+        if not uploads:
+            raise ValueError("no valid teacher to distil from")
+        teachers = []
+        for up in uploads:
+            t = create_model(client_arch(cfg, up.pid), num_classes=info.num_classes, in_channels=info.channels,
+                             image_size=info.image_size)
+            t.load_state_dict(up.state)
+            teachers.append(t)
+        student = create_model(cfg.student, num_classes=info.num_classes, in_channels=info.channels,
+                               image_size=info.image_size)
+        if global_state is not None:
+            student.load_state_dict(global_state)
+        weights = [float(u.num_examples) for u in uploads] if cfg.weight_by_samples else None
+        seed = derive_seed(cfg.seed, rnd, 99)
+        torch.manual_seed(seed)
+        channels_last, bf16 = speed_switches([*teachers, student], self.device)
+        distiller = create_distiller(cfg.kd, teachers, student, info, preset=cfg.kd_preset, overrides=cfg.kd_overrides,
+                                     device=self.device, seed=seed, teacher_weights=weights,
+                                     defense=build_defense(cfg.abd, sv=cfg.sv, sr=cfg.sr),
+                                     channels_last=channels_last, bf16=bf16)
+        result = distiller.run(progress=self.progress)
+        state = {k: v.detach().cpu() for k, v in result.student.state_dict().items()}
+        info_row = {"distill_seconds": round(result.seconds, 2)}
+        if result.defense_state:
+            info_row["defense"] = result.defense_state
+        return Aggregate(state, [u.pid for u in uploads], info_row)

@@ -1,0 +1,4 @@
+"""``python -m fedabd.cli``."""
+from . import run
+
+run()

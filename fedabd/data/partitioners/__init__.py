@@ -1,0 +1,1 @@
+"""One module per partitioner; each registers itself in :data:`fedabd.data.partition.PARTITIONERS`."""

@@ -1,0 +1,94 @@
+"""Federated run folders and comparisons, independent of how the rounds are transported.
+
+:func:`run_scenario` writes ``config.json`` first, appends every round to ``metrics.jsonl`` /
+``metrics.csv`` as it lands, and at the end writes ``metrics.json``, ``acc_asr.png`` and the final
+``global.safetensors`` / ``.json`` (copied from the last checkpoint). The rounds themselves come
+from ``simulate(cfg, on_round=, resume=, progress=)`` (e.g. :func:`fedabd.server.simulation.simulate`),
+passed in so that the library never imports Flower.
+
+:func:`compare_variants` derives one scenario per ``aggregator[+defence]`` name, each in its own
+sub-folder; :func:`write_comparison` writes ``compare.md`` and ``compare.png`` beside them.
+"""
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from .config import ScenarioConfig, validate
+from .federated import Checkpoint
+from .report import RunDir, markdown_table, plot_curves
+
+Simulate = Callable[..., list[dict]]
+
+
+def pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}"
+
+
+def describe(cfg: ScenarioConfig) -> str:
+    """A one-line title: aggregator (method + defence), clients, malicious clients and attack."""
+    from .aggregators import AGGREGATORS
+
+    how = cfg.aggregator
+    if AGGREGATORS.get(cfg.aggregator).uses_defense:
+        how += f" ({cfg.kd}{' + ABD ' + cfg.abd if cfg.abd != 'none' else ''})"
+    bad = cfg.malicious if cfg.malicious_ids is None else len(cfg.malicious_ids)
+    return f"{cfg.name}: {how}, {cfg.clients} clients, {bad} malicious ({cfg.attack})"
+
+
+def run_scenario(cfg: ScenarioConfig, simulate: Simulate, resume: bool = False,
+                 on_round: Callable[[dict], None] | None = None, progress=None, title: str = "") -> list[dict]:
+    """Run ``cfg`` through ``simulate`` and keep its run folder complete; returns the round rows."""
+    out = Path(cfg.out)
+    run = RunDir(out)
+    run.write_json("config.json", cfg.to_json())
+    if resume:
+        loaded = Checkpoint(out).load()
+        run.rows = list(loaded[2]) if loaded else []
+
+    def record(row: dict) -> None:
+        if not row.get("resumed"):
+            run.append({k: v for k, v in row.items() if k != "defense"})
+        if on_round:
+            on_round(row)
+
+    rows = simulate(cfg, on_round=record, resume=resume, progress=progress)
+    ckpt = Checkpoint(out).dir
+    for suffix in (".safetensors", ".json"):
+        shutil.copyfile(ckpt / f"global{suffix}", out / f"global{suffix}")
+    run.rewrite(rows)
+    run.write_json("metrics.json", rows)
+    plot_curves(rows, "round", None, out / "acc_asr.png", title=title or describe(cfg))
+    return rows
+
+
+def compare_variants(cfg: ScenarioConfig, names: str) -> dict[str, ScenarioConfig]:
+    """``"fedavg,distill,distill+abd"`` -> one validated scenario per name in ``out/<name>``.
+    ``+abd`` is SV + SR; ``+sv`` / ``+sr`` one of them; a name without a defence runs none."""
+    variants = {}
+    for name in [v.strip() for v in names.split(",") if v.strip()]:
+        agg, _, defence = name.partition("+")
+        over = {"aggregator": agg, "abd": "sv+sr" if defence == "abd" else (defence or "none"),
+                "out": str(Path(cfg.out) / name.replace("+", "_"))}
+        variants[name] = validate(replace(cfg, **over), f"--compare {name}")
+    return variants
+
+
+def comparison_table(results: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows: per variant, Acc / ASR after every round."""
+    first = next(iter(results.values()))
+    headers = ["aggregator", *[f"round {r['round']} Acc / ASR %" for r in first]]
+    cells = [[n, *[f"{pct(r['acc'])} / {pct(r.get('asr'))}" for r in rows]] for n, rows in results.items()]
+    return headers, cells
+
+
+def write_comparison(cfg: ScenarioConfig, results: dict[str, list[dict]]) -> Path:
+    """``compare.md`` and ``compare.png`` in ``cfg.out``; returns the plot's path."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    headers, cells = comparison_table(results)
+    (out / "compare.md").write_text(markdown_table(headers, cells))
+    plot_curves([], "round", results, out / "compare.png", title=f"{cfg.name}: Acc and ASR per round")
+    return out / "compare.png"

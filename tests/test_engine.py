@@ -1,0 +1,50 @@
+"""The round engine without Flower: screening, aggregation, the round report, checkpoints, resume."""
+import pytest
+import torch
+
+from fedabd import federated as fed
+from fedabd.config import load_scenario
+from fedabd.engine import RoundEngine, RoundFailed
+
+
+def scenario(tmp_path, **kw):
+    base = {"clients": 3, "malicious": 1, "malicious_ids": [2], "rounds": 2, "local_epochs": 1,
+            "aggregator": "fedavg", "out": str(tmp_path / "run"), "device": "cpu", "min_clients": 2}
+    return load_scenario(None, {**base, **kw})
+
+
+def uploads(cfg, engine, rnd):
+    out = []
+    for pid in range(cfg.clients):
+        res = fed.local_update(cfg, pid, rnd, engine.state, pid in fed.malicious_clients(cfg, rnd))
+        out.append(fed.Upload(pid, res.state, res.num_examples, res.metrics))
+    return out
+
+
+def test_a_round_screens_aggregates_evaluates_and_checkpoints(tmp_path):
+    cfg = scenario(tmp_path)
+    engine = RoundEngine(cfg)
+    assert engine.rows[0]["round"] == 0 and list(engine.rounds_left) == [1, 2]
+    ups = uploads(cfg, engine, 1)
+    ups[1].state["fc3.bias"][:] = float("nan")  # a hostile upload
+    report = engine.run_round(1, ups, failed={"7": "crashed"}, missing=["8"])
+    row = engine.rows[-1]
+    assert report.clients == [0, 2] and report.malicious == [2] and list(report.rejected) == ["1"]
+    assert "NaN" in report.rejected["1"] and row["failed"] == {"7": "crashed"} and row["missing"] == ["8"]
+    assert 0 < row["acc"] <= 1 and "client_train_loss" in row
+    expected = {k: (ups[0].state[k] * ups[0].num_examples + ups[2].state[k] * ups[2].num_examples)
+                / (ups[0].num_examples + ups[2].num_examples) for k in ups[0].state}
+    assert all(torch.allclose(engine.state[k], expected[k], atol=1e-6) for k in expected)
+    resumed = RoundEngine(cfg, resume=True)
+    assert resumed.resumed and resumed.next_round == 2 and resumed.rows == engine.rows
+    assert all(torch.equal(resumed.state[k], engine.state[k]) for k in engine.state)
+
+
+def test_too_few_usable_uploads_fail_the_round_and_keep_the_state(tmp_path):
+    cfg = scenario(tmp_path)
+    engine = RoundEngine(cfg)
+    before = {k: v.clone() for k, v in engine.state.items()}
+    ups = uploads(cfg, engine, 1)[:1]
+    with pytest.raises(RoundFailed, match="only 1 usable client model"):
+        engine.run_round(1, ups, missing=["1", "2"])
+    assert all(torch.equal(before[k], engine.state[k]) for k in before) and len(engine.rows) == 1
