@@ -181,7 +181,8 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     except (KeyError, ValueError) as e:
         raise bad("abd", str(e)) from None
     checks = [("kd_overrides", lambda: make_config(method.config_cls, method.presets, cfg.kd_preset, cfg.kd_overrides)),
-              ("aggregator_settings", lambda: aggregator.settings_from(cfg))]
+              ("aggregator_settings", lambda: aggregator.settings_from(cfg)),
+              ("aggregator", lambda: aggregator.check(cfg))]
     checks += [(p, lambda p=p: defense_settings(p, getattr(cfg, p, None))) for p in parts]
     for key, check in checks:
         try:

@@ -49,7 +49,7 @@ def results_page(plan: "Plan", results: dict, command: str, seconds: float, pend
                 r.append(fmt(results.get((attack, kd, "sv+sr"))))
         rows.append(r)
     lines = [f"# Reproduction: data-free KD of poisoned teachers, with and without ABD ({plan.dataset})", "",
-             f"Command: `{command}`  ", f"Run time: {seconds / 60:.1f} min on this machine (2 CPU cores, {plan.jobs} worker process(es)); "
+             f"Command: `{command}`  ", f"Run time: {seconds / 60:.1f} min on this machine ({os.cpu_count()} CPU cores, {plan.jobs} worker process(es)); "
              f"seeds: {', '.join(map(str, plan.seeds))}; teacher {plan.teacher_arch} ({plan.teacher_epochs} epochs), "
              f"student {plan.student}, method preset `{plan.preset}`"
              + (f", overrides `{json.dumps(plan.overrides)}`" if plan.overrides else "")

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from fedabd.aggregators import AGGREGATORS, Aggregate, Aggregator, create_aggregator
+from fedabd.aggregators.bulyan import bulyan_select, closest_to_median_mean
 from fedabd.aggregators.multikrum import krum_scores, multikrum_select
 from fedabd.config import ConfigError, load_scenario
 from fedabd.data import dataset_info
@@ -69,6 +70,33 @@ def test_multikrum_sets_the_outlier_aside():
     assert len(krum.selected) == 1 and krum.selected[0] != 4
 
 
+def test_bulyan_averages_the_values_closest_to_the_median_per_coordinate():
+    stacked = np.array([[0.0, 5.0], [1.0, -1.0], [2.0, 0.0], [10.0, 1.0], [11.0, 2.0]])
+    # column 0: median 2, closest three 2, 1, 0; column 1: median 1, closest three 1, 0, 2
+    assert closest_to_median_mean(stacked, 3).tolist() == [1.0, 1.0]
+
+
+def test_bulyan_selects_by_krum_again_on_what_is_left():
+    # four uploads near 0, three near 10; n = 7, f = 1, theta = 5. One pass of Krum ranks the larger
+    # group first and keeps all four of it; re-scored after two of them are gone, the group near 10
+    # is the tighter one, so the paper's rule keeps two of its uploads.
+    flat = np.array([0.0, 0.1, 0.25, 0.45, 10.0, 10.15, 10.35])[:, None]
+    high = lambda idx: sum(i >= 4 for i in idx)  # noqa: E731
+    assert high(bulyan_select(flat, 1, 5, iterative=False)) == 1
+    assert high(bulyan_select(flat, 1, 5, iterative=True)) == 2
+
+
+def test_bulyan_sets_an_outlier_aside_and_needs_4f_plus_3_uploads():
+    values = [[0.0], [0.1], [-0.1], [0.2], [-0.2], [0.05], [100.0]]
+    out = run("bulyan", ups(values), clients=7, malicious=1)  # theta = 5, beta = 3
+    assert len(out.info["set_aside"]) == 2 and 6 in out.info["set_aside"]  # n - theta = 2 set aside
+    assert 6 not in out.selected and abs(float(out.state["w"])) <= 0.1
+    kept = run("bulyan", ups(values[:6]), clients=7, malicious=1)  # a round with 6 < 7 uploads
+    assert kept.selected == [] and kept.state is None and "skipped" in kept.info
+    with pytest.raises(ConfigError, match="aggregator: bulyan needs at least 4f \\+ 3 = 7"):
+        cfg(aggregator="bulyan", clients=6, malicious=1)
+
+
 def test_settings_are_typed_and_checked_when_the_scenario_loads():
     with pytest.raises(ConfigError, match="aggregator_settings: beta must be in"):
         cfg(aggregator="fedtrimmedavg", aggregator_settings={"beta": 0.5})
@@ -78,7 +106,7 @@ def test_settings_are_typed_and_checked_when_the_scenario_loads():
 
 def test_every_registered_aggregator_builds_from_a_scenario():
     for name in AGGREGATORS.names():
-        agg = create_aggregator(cfg(aggregator=name), INFO)
+        agg = create_aggregator(cfg(aggregator=name, clients=7), INFO)  # bulyan: 4f + 3
         assert isinstance(agg, Aggregator) and type(agg).global_arch(agg.cfg) in ("lenet5",)
 
 

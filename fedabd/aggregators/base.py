@@ -66,6 +66,11 @@ class Aggregator:
         return make_config(cls.config_cls, {"default": cls.config_cls()}, "default", cfg.aggregator_settings)
 
     @classmethod
+    def check(cls, cfg: "ScenarioConfig") -> None:
+        """What the rule needs of the scenario beyond its own settings (e.g. enough clients per
+        round); raises ValueError naming the problem. Called when the scenario loads."""
+
+    @classmethod
     def global_arch(cls, cfg: "ScenarioConfig") -> str:
         """The global model's architecture: the clients' for weight averaging."""
         return cfg.client_arch

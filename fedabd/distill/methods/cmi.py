@@ -52,7 +52,7 @@ class CMIConfig:
     synth_batch: int = 64
     g_steps: int = 50
     g_lr: float = 1e-3
-    generator_width: int = 16  # the generator dominates the cost (DESIGN.md)
+    generator_width: int = 16  # the generator dominates the cost
     bn: float = 1.0
     oh: float = 1.0
     adv: float = 0.5

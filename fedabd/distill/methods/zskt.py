@@ -20,7 +20,7 @@ against the attention term (beta 250) and against SV's generator loss (whose div
 KL / C). ``kl_reduction="batchmean"`` (the per-sample KL, C times larger) is fedabd's earlier form,
 kept to re-run older results.
 
-Step 3 is the speed rule of DESIGN.md: neither the generator nor the teacher is re-run for every
+Step 3 saves work: neither the generator nor the teacher is re-run for every
 student step (the generator is the most expensive network here). ``naive=True`` is the
 straightforward baseline for the benchmark only: it re-runs ``G(z)`` and the teacher for every
 student step (so its batch comes from the generator *after* its update; otherwise the same maths).
