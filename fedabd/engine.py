@@ -65,6 +65,17 @@ def client_train_metrics(uploads: list[fed.Upload], keys=("train_loss", "train_a
     return out
 
 
+def detection_rates(uploads: list[fed.Upload], selected: list[int]) -> dict:
+    """A filtering rule's detection against the known malicious set (simulation only): TPR = share
+    of the malicious uploads it set aside, FPR = share of the honest ones it set aside; a rate whose
+    group is empty this round is None."""
+    kept = set(selected)
+    bad = [u.pid for u in uploads if u.metrics.get("malicious")]
+    good = [u.pid for u in uploads if not u.metrics.get("malicious")]
+    rate = lambda group: round(sum(p not in kept for p in group) / len(group), 6) if group else None  # noqa: E731
+    return {"tpr": rate(bad), "fpr": rate(good)}
+
+
 class RoundEngine:
     """The server side of a scenario: global model, aggregation, evaluation, checkpoints.
 
@@ -85,6 +96,7 @@ class RoundEngine:
         loaded = self.checkpoint.load() if resume else None
         if loaded is not None:
             done, self.state, self.rows, _ = loaded
+            self.aggregator.restore(self.checkpoint.load_memory())
             self.next_round = done + 1
             self.resumed = True
             log.warning("resuming after round %d", done)
@@ -123,6 +135,8 @@ class RoundEngine:
                 f"rounds up to {rnd - 1} are saved in {self.checkpoint.dir}")
         agg = self.aggregator.aggregate(rnd, valid, self.state)
         self.state = agg.state
+        if self.aggregator.filters:
+            agg.info.update(detection_rates(valid, agg.selected))
         report = RoundReport(rnd, self.evaluate(self.state), clients=[u.pid for u in valid],
                              malicious=sorted(u.pid for u in valid if u.metrics.get("malicious")),
                              failed=failed, missing=missing, offline=offline, rejected=rejected,
@@ -131,7 +145,8 @@ class RoundEngine:
                              client_train=client_train_metrics(valid))
         report.seconds = time.perf_counter() - t0
         self.rows.append(report.row())
-        self.checkpoint.save(rnd, self.arch, self.info, self.state, self.rows, self.cfg.to_json())
+        self.checkpoint.save(rnd, self.arch, self.info, self.state, self.rows, self.cfg.to_json(),
+                             memory=self.aggregator.memory())
         self.next_round = rnd + 1
         return report
 

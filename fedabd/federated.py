@@ -217,10 +217,16 @@ class Checkpoint:
         self.out = Path(out)
         self.dir = self.out / "checkpoint"
 
-    def save(self, rnd: int, arch: str, info: DatasetInfo, state: StateDict, rows: list[dict], config: dict) -> None:
+    def save(self, rnd: int, arch: str, info: DatasetInfo, state: StateDict, rows: list[dict], config: dict,
+             memory: StateDict | None = None) -> None:
+        """``memory``: the aggregator's state between rounds (tensors), kept beside the model."""
+        from safetensors.torch import save_file
+
         tmp = self.out / f".checkpoint.tmp{rnd}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
+        if memory:
+            save_file({k: v.contiguous() for k, v in memory.items()}, str(tmp / "aggregator.safetensors"))
         model = create_model(arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.image_size)
         model.load_state_dict(state)
         save_model(tmp / "global", model, info, seed=config.get("seed"), metrics=rows[-1] if rows else {},
@@ -245,3 +251,8 @@ class Checkpoint:
         meta = json.loads((self.dir / "state.json").read_text())
         loaded = load_model(self.dir / "global")
         return int(meta["round"]), {k: v for k, v in loaded.model.state_dict().items()}, meta["rows"], meta["config"]
+
+    def load_memory(self) -> StateDict:
+        """The aggregator's memory saved with the last checkpoint ({} if it kept none)."""
+        path = self.dir / "aggregator.safetensors"
+        return read_tensors(path) if path.exists() else {}

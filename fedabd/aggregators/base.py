@@ -48,11 +48,14 @@ class Aggregator:
     - ``averages_weights``: the rule combines the clients' weights, so every client must share the
       global architecture; False for rules that only query the client models (distillation).
     - ``uses_defense``: the rule honours the scenario's ``abd`` defence.
+    - ``filters``: the rule accepts or rejects whole clients (``Aggregate.selected``), so the engine
+      reports its detection rates against the known malicious set.
     """
 
     config_cls: ClassVar[type] = NoSettings
     averages_weights: ClassVar[bool] = True
     uses_defense: ClassVar[bool] = False
+    filters: ClassVar[bool] = False  # the rule accepts or rejects clients (detection TPR/FPR are reported)
 
     def __init__(self, cfg: "ScenarioConfig", info: "DatasetInfo", device: torch.device | str = "cpu",
                  progress=None) -> None:
@@ -77,6 +80,14 @@ class Aggregator:
 
     def aggregate(self, rnd: int, uploads: Sequence["Upload"], global_state: "StateDict") -> Aggregate:
         raise NotImplementedError
+
+    def memory(self) -> dict[str, torch.Tensor]:
+        """What the rule carries from round to round (e.g. FoolsGold's update history), saved with
+        every checkpoint so that a resumed run continues it; empty for memoryless rules."""
+        return {}
+
+    def restore(self, memory: dict[str, torch.Tensor]) -> None:
+        """Take back what :meth:`memory` returned at the checkpoint a run resumes from."""
 
 
 def create_aggregator(cfg: "ScenarioConfig", info: "DatasetInfo", device: torch.device | str = "cpu",
@@ -120,3 +131,35 @@ def flatten(state: "StateDict") -> torch.Tensor:
     """All tensors of a state dict as one float64 vector (key order of the dict)."""
     return torch.cat([v.detach().reshape(-1).double() for v in state.values()])
 
+
+
+_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def weight_keys(state: "StateDict") -> list[str]:
+    """The learnable weights of a state dict: floating tensors that are not normalisation statistics
+    (BatchNorm's running mean and variance, its batch counter). Update-based rules measure, clip and
+    perturb these only; buffers are averaged."""
+    return [k for k, v in state.items() if v.is_floating_point() and not k.endswith(_BUFFERS)]
+
+
+def client_updates(uploads: Sequence["Upload"], global_state: "StateDict") -> tuple[list[str], np.ndarray]:
+    """The weight keys and each client's update ``W_i - G`` on them, one float64 row per upload."""
+    keys = weight_keys(global_state)
+    g = np.concatenate([global_state[k].double().numpy().ravel() for k in keys])
+    rows = [np.concatenate([u.state[k].double().numpy().ravel() for k in keys]) - g for u in uploads]
+    return keys, np.stack(rows)
+
+
+def apply_update(global_state: "StateDict", keys: Sequence[str], update: np.ndarray,
+                 buffers: Sequence["Upload"]) -> "StateDict":
+    """``G + update`` on the weight ``keys`` (laid out as :func:`client_updates` lays them out); every
+    other tensor (normalisation buffers) is the sample-weighted mean over ``buffers``' uploads."""
+    out = weighted_mean([u.state for u in buffers], sample_weights(buffers)) if buffers else dict(global_state)
+    pos = 0
+    for k in keys:
+        ref = global_state[k]
+        n = ref.numel()
+        out[k] = (ref.double() + torch.from_numpy(update[pos:pos + n]).reshape(ref.shape)).to(ref.dtype)
+        pos += n
+    return out

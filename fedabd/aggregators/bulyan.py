@@ -63,6 +63,7 @@ def _byzantine(settings: BulyanSettings, cfg) -> int:
 @AGGREGATORS.register("bulyan")
 class Bulyan(Aggregator):
     config_cls = BulyanSettings
+    filters = True
 
     @classmethod
     def check(cls, cfg) -> None:

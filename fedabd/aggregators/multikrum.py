@@ -43,6 +43,7 @@ def multikrum_select(flat: np.ndarray, f: int, m: int) -> list[int]:
 @AGGREGATORS.register("multikrum")
 class MultiKrum(Aggregator):
     config_cls = MultiKrumSettings
+    filters = True
 
     def aggregate(self, rnd, uploads, global_state) -> Aggregate:
         s, cfg = self.settings, self.cfg
