@@ -90,8 +90,8 @@ class ScenarioConfig:
     @property
     def global_arch(self) -> str:
         """The global model's architecture (the student when the aggregator distils)."""
-        from .aggregators import AGGREGATORS
-        return AGGREGATORS.get(self.aggregator).global_arch(self)
+        from .aggregators import aggregator_class
+        return aggregator_class(self.aggregator).global_arch(self)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(ScenarioConfig)}
@@ -124,7 +124,7 @@ def _check_type(key: str, value: Any, where: str) -> Any:
 
 def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     """Cross-field checks and registry names. Returns ``cfg`` unchanged when valid."""
-    from .aggregators import AGGREGATORS
+    from .aggregators import aggregator_class
     from .attacks import ATTACKS
     from .data import DATASETS
     from .data.partition import PARTITIONERS
@@ -167,7 +167,7 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
         raise bad("dataset", f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS.names())}")
     if cfg.attack not in ATTACKS:
         raise bad("attack", f"unknown attack {cfg.attack!r}; choose one of: {', '.join(ATTACKS.names())}")
-    for key, registry in (("partition", PARTITIONERS), ("aggregator", AGGREGATORS), ("kd", DISTILLERS)):
+    for key, registry in (("partition", PARTITIONERS), ("kd", DISTILLERS)):
         if getattr(cfg, key) not in registry:
             raise bad(key, f"unknown {registry.kind} {getattr(cfg, key)!r}; choose one of: {', '.join(registry.names())}")
     method = DISTILLERS.get(cfg.kd)
@@ -175,7 +175,10 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
         raise bad("kd", f"{cfg.kd} needs the clients' data; the server distils data-free")
     if cfg.kd_preset not in method.presets:
         raise bad("kd_preset", f"unknown preset {cfg.kd_preset!r} for {cfg.kd}; choose one of: {', '.join(method.presets)}")
-    aggregator = AGGREGATORS.get(cfg.aggregator)
+    try:
+        aggregator = aggregator_class(cfg.aggregator)
+    except (KeyError, ValueError) as e:
+        raise bad("aggregator", str(e).strip("'\"")) from None
     try:
         parts = parse_spec(cfg.abd)
     except (KeyError, ValueError) as e:

@@ -29,10 +29,10 @@ def pct(x: float | None) -> str:
 
 def describe(cfg: ScenarioConfig) -> str:
     """A one-line title: aggregator (method + defence), clients, malicious clients and attack."""
-    from .aggregators import AGGREGATORS
+    from .aggregators import aggregator_class
 
     how = cfg.aggregator
-    if AGGREGATORS.get(cfg.aggregator).uses_defense:
+    if aggregator_class(cfg.aggregator).uses_defense:
         how += f" ({cfg.kd}{' + ABD ' + cfg.abd if cfg.abd != 'none' else ''})"
     bad = cfg.malicious if cfg.malicious_ids is None else len(cfg.malicious_ids)
     return f"{cfg.name}: {how}, {cfg.clients} clients, {bad} malicious ({cfg.attack})"
@@ -65,12 +65,17 @@ def run_scenario(cfg: ScenarioConfig, simulate: Simulate, resume: bool = False,
 
 
 def compare_variants(cfg: ScenarioConfig, names: str) -> dict[str, ScenarioConfig]:
-    """``"fedavg,distill,distill+abd"`` -> one validated scenario per name in ``out/<name>``.
-    ``+abd`` is SV + SR; ``+sv`` / ``+sr`` one of them; a name without a defence runs none."""
+    """``"fedavg,distill,flame+distill+abd"`` -> one validated scenario per name in ``out/<name>``.
+    A name is an aggregator or a composition (``flame+distill``) followed by an optional ABD part:
+    ``+abd`` is SV + SR, ``+sv`` / ``+sr`` one of them; a name without one runs no defence."""
     variants = {}
     for name in [v.strip() for v in names.split(",") if v.strip()]:
-        agg, _, defence = name.partition("+")
-        over = {"aggregator": agg, "abd": "sv+sr" if defence == "abd" else (defence or "none"),
+        parts = name.split("+")
+        defence = []
+        while len(parts) > 1 and parts[-1] in ("abd", "sv", "sr"):
+            defence.insert(0, parts.pop())
+        over = {"aggregator": "+".join(parts),
+                "abd": "sv+sr" if "abd" in defence else ("+".join(defence) or "none"),
                 "out": str(Path(cfg.out) / name.replace("+", "_"))}
         variants[name] = validate(replace(cfg, **over), f"--compare {name}")
     return variants

@@ -48,3 +48,17 @@ def test_too_few_usable_uploads_fail_the_round_and_keep_the_state(tmp_path):
     with pytest.raises(RoundFailed, match="only 1 usable client model"):
         engine.run_round(1, ups, missing=["1", "2"])
     assert all(torch.equal(before[k], engine.state[k]) for k in before) and len(engine.rows) == 1
+
+
+def test_a_filtering_rule_reports_detection_rates_and_keeps_its_memory_on_resume(tmp_path):
+    cfg = scenario(tmp_path, aggregator="foolsgold")
+    engine = RoundEngine(cfg)
+    engine.run_round(1, uploads(cfg, engine, 1))
+    row = engine.rows[-1]
+    assert {"tpr", "fpr", "foolsgold_weights"} <= set(row) and row["tpr"] in (0.0, 1.0)
+    resumed = RoundEngine(cfg, resume=True)
+    assert resumed.aggregator.history.keys() == engine.aggregator.history.keys() == {0, 1, 2}
+    assert all((resumed.aggregator.history[p] == engine.aggregator.history[p]).all() for p in range(3))
+    plain = RoundEngine(scenario(tmp_path / "avg"))
+    plain.run_round(1, uploads(cfg, plain, 1))
+    assert "tpr" not in plain.rows[-1]  # FedAvg rejects nobody: no detection to report

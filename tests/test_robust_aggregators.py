@@ -154,3 +154,45 @@ def test_detection_rates_count_set_aside_clients_against_the_malicious_set():
 def test_defence_settings_are_checked_when_the_scenario_loads(name, settings, needle):
     with pytest.raises(ConfigError, match=needle):
         make(name, **settings)
+
+
+def test_a_composition_filters_then_hands_the_survivors_to_the_last_rule():
+    rng = np.random.default_rng(6)
+    rows = np.vstack([directions(rng, np.eye(10)[0], 6) * 2.0, directions(rng, np.eye(10)[1], 3) * 50.0])
+    ups = uploads(rows.astype(np.float32).tolist(), malicious={6, 7, 8}, counts=[1, 2, 3, 4, 5, 6, 1, 1, 1])
+    agg = make("flame+fedavg")
+    out = agg.aggregate(1, ups, zero_global(ups))
+    flame = make("flame").aggregate(1, ups, zero_global(ups))
+    assert out.selected == flame.selected and set(out.selected) <= set(range(6))
+    kept = [u for u in ups if u.pid in out.selected]
+    total = sum(u.num_examples for u in kept)
+    expected = sum(u.state["w"] * u.num_examples for u in kept) / total  # FedAvg of the admitted, unclipped
+    assert torch.allclose(out.state["w"], expected, atol=1e-5)
+    assert out.info["flame"]["set_aside"] == flame.info["set_aside"]
+
+
+def test_composition_names_and_settings_are_checked_when_the_scenario_loads():
+    from fedabd.aggregators import aggregator_class
+    cls = aggregator_class("flame+distill")
+    assert cls.uses_defense and cls.filters and cls.parts == ("flame", "distill")
+    for name, needle in [("fedavg+distill", "fedavg does not filter clients"),
+                         ("flame+nope", "unknown aggregator 'nope'"),
+                         ("flame+flame", "names a rule twice")]:
+        with pytest.raises(ConfigError, match=needle):
+            make(name)
+    with pytest.raises(ConfigError, match="noise_lambda must be >= 0"):
+        make("flame+distill", flame={"noise_lambda": -1.0})
+    with pytest.raises(ConfigError, match="unknown: flme"):
+        make("flame+distill", flme={})
+    with pytest.raises(ConfigError, match="need one architecture"):
+        load_scenario(None, {"clients": 9, "malicious": 3, "aggregator": "flame+distill", "student": "lenet5_half",
+                             "out": "unused"})
+
+
+def test_compare_reads_a_composition_with_its_abd_part(tmp_path):
+    from fedabd.runs import compare_variants
+    base = load_scenario(None, {"clients": 9, "malicious": 3, "out": str(tmp_path)})
+    v = compare_variants(base, "fedavg,flame+distill+abd,distill+sv")
+    assert (v["flame+distill+abd"].aggregator, v["flame+distill+abd"].abd) == ("flame+distill", "sv+sr")
+    assert (v["distill+sv"].aggregator, v["distill+sv"].abd) == ("distill", "sv")
+    assert v["fedavg"].abd == "none"

@@ -92,7 +92,8 @@ class Aggregator:
 
 def create_aggregator(cfg: "ScenarioConfig", info: "DatasetInfo", device: torch.device | str = "cpu",
                       progress=None) -> Aggregator:
-    return AGGREGATORS.get(cfg.aggregator)(cfg, info, device, progress)
+    from .compose import aggregator_class
+    return aggregator_class(cfg.aggregator)(cfg, info, device, progress)
 
 
 def sample_weights(uploads: Sequence["Upload"]) -> list[float]:

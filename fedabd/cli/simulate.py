@@ -11,13 +11,14 @@ from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 
-from ..aggregators import AGGREGATORS
+from ..aggregators import aggregator_class
 from ..config import FIELDS, ConfigError, load_scenario
 from ..runs import compare_variants, comparison_table, describe, run_scenario, write_comparison
 from .common import ABD_HELP, console, err, parse_settings, pct, progress_bar, user_errors
 
 def round_table(title: str) -> Table:
-    return Table("round", "Acc %", "ASR %", "R-Acc %", "clients", "malicious", "excluded", "time s", title=title)
+    return Table("round", "Acc %", "ASR %", "R-Acc %", "clients", "malicious", "excluded", "TPR / FPR %", "time s",
+                 title=title)
 
 
 def add_round(table: Table, row: dict) -> None:
@@ -25,6 +26,7 @@ def add_round(table: Table, row: dict) -> None:
     table.add_row(str(row["round"]) + (" (resumed)" if row.get("resumed") else ""), pct(row["acc"]),
                   pct(row.get("asr")), pct(row.get("r_acc")), ",".join(map(str, row.get("clients", []))) or "-",
                   ",".join(map(str, row.get("malicious", []))) or "-", ",".join(map(str, excluded)) or "-",
+                  f"{pct(row['tpr'])} / {pct(row['fpr'])}" if "tpr" in row else "-",
                   f"{row['seconds']:.0f}" if "seconds" in row else "-")
 
 
@@ -34,7 +36,7 @@ def show_run(cfg, resume: bool = False, title: str = "") -> list[dict]:
 
     title = title or describe(cfg)
     table, bar = round_table(title), progress_bar()
-    distils = not AGGREGATORS.get(cfg.aggregator).averages_weights
+    distils = aggregator_class(cfg.aggregator).uses_defense
     task = bar.add_task("server distillation", total=None, info="", visible=distils)
     t0 = time.perf_counter()
 
