@@ -64,7 +64,11 @@ class ScenarioConfig:
     target: Optional[int] = None
     poison_rate: float = 0.3  # fraction of a malicious client's own data that is poisoned
     attack_start_round: int = 1
+    attack_stop_round: Optional[int] = None  # last round with attacks (None: to the end)
     scale: float = 1.0  # model-replacement boost of a malicious update (1 = none)
+    threat: str = "poison"  # what a malicious client does (a registered threat, fedabd list)
+    threat_settings: dict = field(default_factory=dict)  # the threat's own settings
+    initial_model: Optional[str] = None  # start from this global model file (safetensors) instead of a fresh one
     # server
     aggregator: str = "distill"  # a registered aggregator (fedabd list)
     aggregator_settings: dict = field(default_factory=dict)  # the aggregator's own settings (e.g. beta, byzantine)
@@ -131,6 +135,7 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     from .defenses import defense_settings, parse_spec
     from .distill import DISTILLERS, make_config
     from .models import MODELS
+    from .threats import THREATS
 
     def bad(key: str, msg: str) -> ConfigError:
         return ConfigError(f"{where}: {key}: {msg}")
@@ -159,6 +164,10 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     for key in ("attack_start_round",):
         if getattr(cfg, key) < 0:
             raise bad(key, f"must be >= 0, got {getattr(cfg, key)}")
+    if cfg.initial_model is not None and not Path(cfg.initial_model).is_file():
+        raise bad("initial_model", f"{cfg.initial_model}: no such file")
+    if cfg.attack_stop_round is not None and cfg.attack_stop_round < cfg.attack_start_round:
+        raise bad("attack_stop_round", f"{cfg.attack_stop_round} is before attack_start_round {cfg.attack_start_round}")
     if not 0 < cfg.poison_rate <= 1:
         raise bad("poison_rate", f"must be in (0, 1], got {cfg.poison_rate}")
     if cfg.local_lr <= 0 or cfg.scale <= 0 or cfg.max_weight_abs <= 0 or cfg.client_timeout <= 0:
@@ -183,7 +192,12 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
         parts = parse_spec(cfg.abd)
     except (KeyError, ValueError) as e:
         raise bad("abd", str(e)) from None
+    if cfg.threat not in THREATS:
+        raise bad("threat", f"unknown threat {cfg.threat!r}; choose one of: {', '.join(THREATS.names())}")
+    threat = THREATS.get(cfg.threat)
     checks = [("kd_overrides", lambda: make_config(method.config_cls, method.presets, cfg.kd_preset, cfg.kd_overrides)),
+              ("threat_settings", lambda: threat.settings_from(cfg)),
+              ("threat", lambda: threat.check(cfg)),
               ("aggregator_settings", lambda: aggregator.settings_from(cfg)),
               ("aggregator", lambda: aggregator.check(cfg))]
     checks += [(p, lambda p=p: defense_settings(p, getattr(cfg, p, None))) for p in parts]

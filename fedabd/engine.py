@@ -76,6 +76,21 @@ def detection_rates(uploads: list[fed.Upload], selected: list[int]) -> dict:
     return {"tpr": rate(bad), "fpr": rate(good)}
 
 
+PERSISTENT_ASR = 0.2  # a backdoor "lasts" while the ASR stays above this
+
+
+def backdoor_lasts(cfg: ScenarioConfig, rnd: int, asr: float | None, previous: dict) -> int | None:
+    """After the attack window closes (``attack_stop_round``), how many rounds in a row since then
+    the global model's ASR has stayed above :data:`PERSISTENT_ASR` (it stops counting at the first
+    round below); None while the window is open or where it never closes."""
+    stop = cfg.attack_stop_round
+    if stop is None or rnd <= stop or asr is None:
+        return None
+    before = previous.get("backdoor_lasts", 0) if rnd > stop + 1 else 0
+    still = before == rnd - stop - 1 and asr > PERSISTENT_ASR
+    return before + 1 if still else before
+
+
 class RoundEngine:
     """The server side of a scenario: global model, aggregation, evaluation, checkpoints.
 
@@ -106,10 +121,18 @@ class RoundEngine:
             self.next_round = 1
 
     def initial_state(self) -> fed.StateDict:
+        """A fresh model from the seed, or the scenario's ``initial_model`` file (e.g. a model
+        trained in clean rounds beforehand: the literature attacks a trained global model)."""
         torch.manual_seed(fed.derive_seed(self.cfg.seed, 0, 1))
         model = create_model(self.arch, num_classes=self.info.num_classes, in_channels=self.info.channels,
                              image_size=self.info.image_size)
-        return {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if self.cfg.initial_model:
+            from .artifacts import check_state_dict, read_tensors
+            loaded = read_tensors(self.cfg.initial_model)
+            check_state_dict(state, loaded, f"initial_model {self.cfg.initial_model}", max_abs=self.cfg.max_weight_abs)
+            state = {k: loaded[k].clone() for k in state}
+        return state
 
     def evaluate(self, state: fed.StateDict) -> dict:
         return fed.evaluate_state(self.cfg, self.info, self.arch, state, self.device)
@@ -137,7 +160,11 @@ class RoundEngine:
         self.state = agg.state
         if self.aggregator.filters:
             agg.info.update(detection_rates(valid, agg.selected))
-        report = RoundReport(rnd, self.evaluate(self.state), clients=[u.pid for u in valid],
+        metrics = self.evaluate(self.state)
+        lasts = backdoor_lasts(self.cfg, rnd, metrics.get("asr"), self.rows[-1])
+        if lasts is not None:
+            metrics["backdoor_lasts"] = lasts
+        report = RoundReport(rnd, metrics, clients=[u.pid for u in valid],
                              malicious=sorted(u.pid for u in valid if u.metrics.get("malicious")),
                              failed=failed, missing=missing, offline=offline, rejected=rejected,
                              aggregation=dict(agg.info, **({} if agg.selected == [u.pid for u in valid]

@@ -77,8 +77,8 @@ def initial_client_state(cfg: ScenarioConfig, pid: int) -> StateDict:
 def malicious_clients(cfg: ScenarioConfig, rnd: int) -> set[int]:
     """Who attacks in round ``rnd``: a fixed set (``malicious_ids``, or ``malicious`` clients drawn
     once from the seed), or ``malicious`` clients drawn afresh every round; none before
-    ``attack_start_round``."""
-    if rnd < cfg.attack_start_round:
+    ``attack_start_round`` or after ``attack_stop_round``."""
+    if rnd < cfg.attack_start_round or (cfg.attack_stop_round is not None and rnd > cfg.attack_stop_round):
         return set()
     if cfg.malicious_ids is not None:
         return set(cfg.malicious_ids)
@@ -97,22 +97,27 @@ class LocalResult:
 def local_update(cfg: ScenarioConfig, pid: int, rnd: int, start: StateDict | None, malicious: bool,
                  device: torch.device | str = "cpu") -> LocalResult:
     """Train client ``pid``'s model for ``local_epochs`` from ``start`` (None: fresh init)."""
-    data = client_data(cfg, pid)
-    seed = derive_seed(cfg.seed, rnd, pid)
-    n_poisoned = 0
-    if malicious:
-        poisoned = poison_dataset(scenario_attack(cfg, data.info), data, seed=seed)
+    from .threats import create_threat
+
+    clean = client_data(cfg, pid)
+    data, seed, n_poisoned = clean, derive_seed(cfg.seed, rnd, pid), 0
+    threat = create_threat(cfg) if malicious else None
+    if threat is not None:
+        poisoned = poison_dataset(threat.trigger(clean.info, pid, rnd), clean, seed=seed)
         data, n_poisoned = poisoned.dataset, len(poisoned.poisoned_index)
     torch.manual_seed(seed)
     model = create_model(client_arch(cfg, pid), num_classes=data.info.num_classes, in_channels=data.info.channels,
                          image_size=data.info.image_size)
     if start is not None:
         model.load_state_dict(start)
-    stats = train_classifier(model, data, TrainConfig(epochs=cfg.local_epochs, lr=cfg.local_lr,
-                                                      batch_size=cfg.local_batch_size), torch.device(device), seed=seed)
+    train_cfg = TrainConfig(epochs=cfg.local_epochs, lr=cfg.local_lr, batch_size=cfg.local_batch_size)
+    if threat is not None:
+        stats = threat.train(model, data, clean, train_cfg, torch.device(device), seed, start)
+    else:
+        stats = train_classifier(model, data, train_cfg, torch.device(device), seed=seed)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    if malicious and cfg.scale != 1.0 and start is not None:  # model replacement: boost the update
-        state = {k: (start[k] + cfg.scale * (v - start[k])) if v.is_floating_point() else v for k, v in state.items()}
+    if threat is not None and start is not None:
+        state = threat.craft(start, state)
     return LocalResult(state, len(data), {"train_loss": stats["train_loss"], "train_acc": stats["train_acc"],
                                           "malicious": int(malicious), "n_poisoned": n_poisoned})
 
@@ -200,12 +205,18 @@ def screen_uploads(cfg: ScenarioConfig, info: DatasetInfo, uploads: list[Upload]
 
 def evaluate_state(cfg: ScenarioConfig, info: DatasetInfo, arch: str, state: StateDict,
                    device: torch.device | str = "cpu") -> dict:
-    """Acc, ASR and R-Acc of a global model on the server's test split."""
+    """Acc, ASR and R-Acc of a global model on the server's test split, and the ASR of every extra
+    trigger the threat names (``asr_<name>``, e.g. DBA's pieces)."""
+    from .threats import create_threat
+
     model = create_model(arch, num_classes=info.num_classes, in_channels=info.channels, image_size=info.image_size)
     model.load_state_dict(state)
     model.to(device)
     test = dataset_split(cfg, "test")
-    return evaluate(model, test, scenario_attack(cfg, info), device)
+    out = evaluate(model, test, scenario_attack(cfg, info), device)
+    for name, trigger in create_threat(cfg).eval_triggers(info).items():
+        out[f"asr_{name}"] = evaluate(model, test, trigger, device)["asr"]
+    return out
 
 
 # -- checkpoints --------------------------------------------------------------------------------

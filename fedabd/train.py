@@ -55,8 +55,14 @@ def iterate_batches(data: ImageSet, batch_size: int, generator: torch.Generator,
 
 
 def train_classifier(model: torch.nn.Module, data: ImageSet, cfg: TrainConfig, device: torch.device,
-                     seed: int = 0, progress: Progress | None = None) -> dict:
-    """SGD with momentum and a cosine schedule; returns the final epoch's mean loss and accuracy."""
+                     seed: int = 0, progress: Progress | None = None,
+                     objective: Callable[[torch.Tensor, torch.nn.Module], torch.Tensor] | None = None,
+                     after_step: Callable[[torch.nn.Module], None] | None = None) -> dict:
+    """SGD with momentum and a cosine schedule; returns the final epoch's mean loss and accuracy.
+
+    ``objective(ce, model)`` turns every batch's cross-entropy into the loss minimised (e.g. an
+    attacker's anomaly-evasion term added to it); ``after_step(model)`` runs after every optimiser
+    step (e.g. a projection)."""
     if len(data) == 0:
         raise ValueError("cannot train on an empty dataset")
     g = torch.Generator().manual_seed(seed)
@@ -76,9 +82,12 @@ def train_classifier(model: torch.nn.Module, data: ImageSet, cfg: TrainConfig, d
             with autocast(device, cfg.bf16):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
+            total_loss = objective(loss, model) if objective is not None else loss
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total_loss.backward()
             opt.step()
+            if after_step is not None:
+                after_step(model)
             sched.step()
             step += 1
             loss_sum += loss.item() * len(y)

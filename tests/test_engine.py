@@ -62,3 +62,17 @@ def test_a_filtering_rule_reports_detection_rates_and_keeps_its_memory_on_resume
     plain = RoundEngine(scenario(tmp_path / "avg"))
     plain.run_round(1, uploads(cfg, plain, 1))
     assert "tpr" not in plain.rows[-1]  # FedAvg rejects nobody: no detection to report
+
+
+def test_the_in_process_transport_writes_a_complete_run_folder(tmp_path):
+    import json
+
+    from fedabd.local import sampled_clients, simulate_local
+    from fedabd.runs import run_scenario
+
+    cfg = scenario(tmp_path, rounds=1, clients=4, malicious_ids=[3], fraction=0.5)
+    assert sampled_clients(cfg, 1) == sampled_clients(cfg, 1) and len(sampled_clients(cfg, 1)) == 2
+    rows = run_scenario(cfg, simulate_local)
+    assert [r["round"] for r in rows] == [0, 1] and rows[1]["clients"] == sampled_clients(cfg, 1)
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())[1]["acc"] == rows[1]["acc"]
+    assert (tmp_path / "run" / "global.safetensors").exists()

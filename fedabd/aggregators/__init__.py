@@ -7,10 +7,9 @@ run on plain state dicts (no Flower), so each is tested on hand-made updates.
 from __future__ import annotations
 
 from ..registry import import_submodules
-from .base import AGGREGATORS, Aggregate, Aggregator, create_aggregator, flatten, weighted_mean
+from .base import AGGREGATORS, Aggregate, Aggregator, create_aggregator, weighted_mean
 from .compose import aggregator_class
 
 import_submodules(__name__)
 
-__all__ = ["AGGREGATORS", "Aggregate", "Aggregator", "aggregator_class", "create_aggregator", "flatten",
-           "weighted_mean"]
+__all__ = ["AGGREGATORS", "Aggregate", "Aggregator", "aggregator_class", "create_aggregator", "weighted_mean"]

@@ -128,9 +128,11 @@ def per_tensor(states: Sequence["StateDict"], fn) -> "StateDict":
     return out
 
 
-def flatten(state: "StateDict") -> torch.Tensor:
-    """All tensors of a state dict as one float64 vector (key order of the dict)."""
-    return torch.cat([v.detach().reshape(-1).double() for v in state.values()])
+def stacked_states(uploads: Sequence["Upload"]) -> np.ndarray:
+    """Every upload's whole state (buffers included) as one row, numpy's dtype promotion (Flower's
+    MultiKrum flattens the same way, so distances and ties match it)."""
+    return np.stack([np.concatenate([v.numpy().ravel() for v in u.state.values()]) for u in uploads])
+
 
 
 

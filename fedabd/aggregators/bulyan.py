@@ -21,7 +21,7 @@ from typing import Optional
 
 import numpy as np
 
-from .base import AGGREGATORS, Aggregate, Aggregator, per_tensor
+from .base import AGGREGATORS, Aggregate, Aggregator, per_tensor, stacked_states
 from .multikrum import krum_scores
 
 
@@ -79,7 +79,7 @@ class Bulyan(Aggregator):
         if n < 4 * f + 3:
             return Aggregate(global_state, [], {"skipped": f"{n} uploads, bulyan needs 4f + 3 = {4 * f + 3}"})
         theta, beta = n - 2 * f, n - 4 * f
-        flat = np.stack([np.concatenate([v.numpy().ravel() for v in u.state.values()]) for u in uploads])
+        flat = stacked_states(uploads)
         keep = bulyan_select(flat, f, theta, self.settings.selection == "krum_iterative")
         chosen = [uploads[i] for i in keep]
         state = per_tensor([u.state for u in chosen], lambda a: closest_to_median_mean(a, beta))

@@ -12,7 +12,7 @@ from typing import Optional
 
 import numpy as np
 
-from .base import AGGREGATORS, Aggregate, Aggregator, sample_weights, weighted_mean
+from .base import AGGREGATORS, Aggregate, Aggregator, sample_weights, stacked_states, weighted_mean
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ class MultiKrum(Aggregator):
         s, cfg = self.settings, self.cfg
         f = s.byzantine if s.byzantine is not None else cfg.malicious
         m = s.select if s.select is not None else max(1, int(cfg.clients * cfg.fraction) - f)
-        flat = np.stack([np.concatenate([v.numpy().ravel() for v in u.state.values()]) for u in uploads])
+        flat = stacked_states(uploads)
         chosen = [uploads[i] for i in multikrum_select(flat, f, m)]
         state = weighted_mean([u.state for u in chosen], sample_weights(chosen))
         return Aggregate(state, [u.pid for u in chosen],

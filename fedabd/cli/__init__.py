@@ -35,14 +35,17 @@ def registries() -> dict:
     from ..defenses import DEFENSES
     from ..distill import DISTILLERS
     from ..models import GENERATORS, MODELS
+    from ..threats import THREATS
 
     return {"datasets": DATASETS, "models": MODELS, "generators": GENERATORS, "attacks": ATTACKS,
-            "distillers": DISTILLERS, "defences": DEFENSES, "aggregators": AGGREGATORS, "partitioners": PARTITIONERS}
+            "threats": THREATS, "distillers": DISTILLERS, "defences": DEFENSES, "aggregators": AGGREGATORS,
+            "partitioners": PARTITIONERS}
 
 
 @app.command("list")
 def list_registries() -> None:
-    """List every registry: datasets, models, generators, attacks, distillers, defences, aggregators, partitioners."""
+    """List every registry: datasets, models, generators, attacks, threats, distillers, defences, aggregators,
+    partitioners (aggregators compose by name: a filtering rule first, e.g. flame+distill)."""
     table = Table("registry", "entries")
     for title, reg in registries().items():
         table.add_row(title, ", ".join(reg.names()))

@@ -70,6 +70,7 @@ def simulate_cmd(
     malicious_mode: Annotated[Optional[str], typer.Option(help="fixed | random (drawn each round)")] = None,
     attack_start_round: Annotated[Optional[int], typer.Option()] = None,
     scale: Annotated[Optional[float], typer.Option(help="Model-replacement boost of malicious updates.")] = None,
+    threat: Annotated[Optional[str], typer.Option(help="What malicious clients do (see `fedabd list`).")] = None,
     kd: Annotated[Optional[str], typer.Option(help="Data-free method (see `fedabd list`).")] = None,
     abd: Annotated[Optional[str], typer.Option(help=ABD_HELP)] = None,
     aggregator: Annotated[Optional[str], typer.Option(help="Aggregator (see `fedabd list`).")] = None,
