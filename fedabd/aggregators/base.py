@@ -65,8 +65,8 @@ class Aggregator:
     @classmethod
     def settings_from(cls, cfg: "ScenarioConfig"):
         """The rule's typed settings from ``cfg.aggregator_settings`` (ValueError naming a bad key)."""
-        from ..distill.base import make_config
-        return make_config(cls.config_cls, {"default": cls.config_cls()}, "default", cfg.aggregator_settings)
+        from ..distill.base import settings_with
+        return settings_with(cls.config_cls, cfg.aggregator_settings)
 
     @classmethod
     def check(cls, cfg: "ScenarioConfig") -> None:

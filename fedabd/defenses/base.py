@@ -10,7 +10,7 @@ import dataclasses
 
 import torch
 
-from ..distill.base import Defense, FinalPhase, make_config
+from ..distill.base import Defense, FinalPhase, settings_with
 from ..registry import Registry, UnknownNameError
 
 DEFENSES: Registry[type[Defense]] = Registry("defence")
@@ -32,8 +32,7 @@ def parse_spec(spec: str) -> list[str]:
 
 def defense_settings(name: str, overrides: dict | None):
     """Defence ``name``'s typed config: its defaults plus ``overrides`` (ValueError naming a bad key)."""
-    cls = DEFENSES.get(name)
-    return make_config(cls.config_cls, {"paper": cls.config_cls()}, "paper", overrides)
+    return settings_with(DEFENSES.get(name).config_cls, overrides)
 
 
 class CombinedDefense(Defense):

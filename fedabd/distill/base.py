@@ -110,6 +110,11 @@ def make_config(config_cls: type, presets: dict[str, Any], preset: str = "cpu", 
     return dataclasses.replace(base, **overrides)
 
 
+def settings_with(config_cls: type, overrides: dict | None):
+    """A part's typed settings: ``config_cls``'s defaults plus ``overrides`` (errors as :func:`make_config`)."""
+    return make_config(config_cls, {"default": config_cls()}, "default", overrides)
+
+
 @dataclass
 class DistillResult:
     student: nn.Module

@@ -41,8 +41,8 @@ class Threat:
 
     @classmethod
     def settings_from(cls, cfg: "ScenarioConfig"):
-        from ..distill.base import make_config
-        return make_config(cls.config_cls, {"default": cls.config_cls()}, "default", cfg.threat_settings)
+        from ..distill.base import settings_with
+        return settings_with(cls.config_cls, cfg.threat_settings)
 
     @classmethod
     def check(cls, cfg: "ScenarioConfig") -> None:
