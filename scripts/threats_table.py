@@ -1,5 +1,6 @@
-"""The federated threats and defences, measured: each threat under FedAvg, each defence against the
-boosted poisoning attack (default dataset, 10 clients of which 3 malicious, one seed).
+"""The federated threats and defences, measured: each threat under FedAvg and norm clipping, plain and
+boosted poisoning under data-free distillation, each defence against the boosted poisoning attack
+(default dataset, 10 clients of which 3 malicious, one seed).
 
     python scripts/threats_table.py --out results/threats
 
@@ -35,12 +36,15 @@ THREATS = {  # row -> scenario keys; each row runs under FedAvg and under norm c
     f"neurotoxin x{BOOST:g}": {"threat": "neurotoxin", "scale": BOOST},
     "constrain_scale": {"threat": "constrain_scale"},
 }
+DISTILLED = ["poison", f"poison x{BOOST:g}"]  # also run under data-free distillation (CMI, no ABD)
 DEFENCES = ["fedavg", "clip", "flame", "foolsgold", "rlr", "multikrum", "fedmedian", "fedtrimmedavg"]
 
 
 def cells() -> dict[str, dict]:
     out = {f"{agg}, {name}": {**BASE, "aggregator": agg, **keys} for agg in ("fedavg", "clip")
            for name, keys in THREATS.items()}
+    for name in DISTILLED:
+        out[f"distill, {name}"] = {**BASE, "aggregator": "distill", "kd": "cmi", **THREATS[name]}
     for agg in DEFENCES:
         out.setdefault(f"{agg}, poison x{BOOST:g}", {**BASE, "aggregator": agg, "threat": "poison", "scale": BOOST})
     return out
@@ -95,6 +99,9 @@ def main() -> None:
                             "FedAvg: rounds ASR > 20 % after the attack", "clip: rounds ASR > 20 % after"], t1),
             f"DBA under FedAvg, ASR of each piece alone at round {stop}: {pieces('fedavg, dba')} (x{BOOST:g}: "
             f"{pieces(f'fedavg, dba x{BOOST:g}')})",
+            "", "# Against data-free distillation (CMI, no ABD)", "",
+            markdown_table(["threat", f"FedAvg {head[0]}", f"FedAvg {head[1]}", f"distill {head[0]}", f"distill {head[1]}"],
+                           [[n, *acc_asr(results[f"fedavg, {n}"]), *acc_asr(results[f"distill, {n}"])] for n in DISTILLED]),
             "", f"# Defences against poisoning boosted x{BOOST:g}", "",
             markdown_table(["aggregator", *head[:3], "TPR / FPR % (attack rounds)", head[3]], t2)]
     (args.out / "tables.md").write_text("\n".join(text))
