@@ -164,8 +164,6 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     for key in ("attack_start_round",):
         if getattr(cfg, key) < 0:
             raise bad(key, f"must be >= 0, got {getattr(cfg, key)}")
-    if cfg.initial_model is not None and not Path(cfg.initial_model).is_file():
-        raise bad("initial_model", f"{cfg.initial_model}: no such file")
     if cfg.attack_stop_round is not None and cfg.attack_stop_round < cfg.attack_start_round:
         raise bad("attack_stop_round", f"{cfg.attack_stop_round} is before attack_start_round {cfg.attack_start_round}")
     if not 0 < cfg.poison_rate <= 1:
@@ -218,6 +216,8 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
         if aggregator.averages_weights and len(set(cfg.client_archs)) > 1:
             raise bad("aggregator", f"{cfg.aggregator} averages weights and needs one client architecture; "
                                     "heterogeneous clients need an aggregator that distils (distill)")
+    if cfg.initial_model is not None:
+        check_initial_model(cfg, bad)
     if cfg.target is not None:
         from .data import dataset_info
         if not 0 <= cfg.target < dataset_info(cfg.dataset).num_classes:
@@ -225,6 +225,24 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     if parts and not aggregator.uses_defense:
         raise bad("abd", f"ABD protects distillation; {cfg.aggregator} does not distil (use aggregator: distill)")
     return cfg
+
+
+def check_initial_model(cfg: ScenarioConfig, bad) -> None:
+    """The ``initial_model`` file exists and holds the global architecture's tensors (read as
+    safetensors, never unpickled), so that a bad file stops the run before any client trains."""
+    from .artifacts import ModelFileError, check_state_dict, model_paths, read_tensors
+    from .data import dataset_info
+    from .models import create_model
+
+    if not model_paths(cfg.initial_model)[0].is_file():
+        raise bad("initial_model", f"{cfg.initial_model}: no such file")
+    info = dataset_info(cfg.dataset)
+    ref = create_model(cfg.global_arch, num_classes=info.num_classes, in_channels=info.channels,
+                       image_size=info.image_size).state_dict()
+    try:
+        check_state_dict(ref, read_tensors(cfg.initial_model), cfg.initial_model, max_abs=cfg.max_weight_abs)
+    except ModelFileError as e:
+        raise bad("initial_model", f"{e} (expected a {cfg.global_arch} model)") from None
 
 
 def build(values: dict, where: str) -> ScenarioConfig:

@@ -127,7 +127,7 @@ class RoundEngine:
         model = create_model(self.arch, num_classes=self.info.num_classes, in_channels=self.info.channels,
                              image_size=self.info.image_size)
         state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if self.cfg.initial_model:
+        if self.cfg.initial_model:  # checked when the scenario loaded; checked again, it may have changed since
             from .artifacts import check_state_dict, read_tensors
             loaded = read_tensors(self.cfg.initial_model)
             check_state_dict(state, loaded, f"initial_model {self.cfg.initial_model}", max_abs=self.cfg.max_weight_abs)

@@ -98,6 +98,18 @@ def test_attack_window_and_backdoor_persistence():
     assert rows == [None, None, None, 1, 2, 2, 2, 2]  # lasted rounds 4 and 5; a later rise does not count
 
 
+def test_an_initial_model_of_another_architecture_is_refused_when_the_scenario_loads(tmp_path):
+    from fedabd.artifacts import save_model
+    from fedabd.models import create_model
+
+    save_model(tmp_path / "half", create_model("lenet5_half", num_classes=10, in_channels=1, image_size=28), INFO)
+    with pytest.raises(ConfigError, match="initial_model: .*expected a lenet5 model"):
+        scenario(initial_model=str(tmp_path / "half.safetensors"))
+    (tmp_path / "junk.safetensors").write_bytes(b"\x80\x04 not a model")
+    with pytest.raises(ConfigError, match="initial_model: .*pickle"):
+        scenario(initial_model=str(tmp_path / "junk.safetensors"))
+
+
 def test_a_run_can_start_from_a_model_file(tmp_path):
     from fedabd.artifacts import save_model
     from fedabd.models import create_model
