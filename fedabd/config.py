@@ -92,6 +92,11 @@ class ScenarioConfig:
         return dataclasses.asdict(self)
 
     @property
+    def attackers(self) -> int:
+        """How many clients attack: ``malicious_ids`` when given, else ``malicious``."""
+        return len(self.malicious_ids) if self.malicious_ids is not None else self.malicious
+
+    @property
     def global_arch(self) -> str:
         """The global model's architecture (the student when the aggregator distils)."""
         from .aggregators import aggregator_class
@@ -227,20 +232,29 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     return cfg
 
 
-def check_initial_model(cfg: ScenarioConfig, bad) -> None:
-    """The ``initial_model`` file exists and holds the global architecture's tensors (read as
-    safetensors, never unpickled), so that a bad file stops the run before any client trains."""
-    from .artifacts import ModelFileError, check_state_dict, model_paths, read_tensors
+def initial_model_state(cfg: ScenarioConfig) -> dict:
+    """The global architecture's tensors from the ``initial_model`` file, in the model's key order
+    (read as safetensors, never unpickled; ModelFileError names what is wrong with the file)."""
+    from .artifacts import check_state_dict, read_tensors
     from .data import dataset_info
     from .models import create_model
 
-    if not model_paths(cfg.initial_model)[0].is_file():
-        raise bad("initial_model", f"{cfg.initial_model}: no such file")
     info = dataset_info(cfg.dataset)
     ref = create_model(cfg.global_arch, num_classes=info.num_classes, in_channels=info.channels,
                        image_size=info.image_size).state_dict()
+    loaded = read_tensors(cfg.initial_model)
+    check_state_dict(ref, loaded, f"initial_model {cfg.initial_model}", max_abs=cfg.max_weight_abs)
+    return {k: loaded[k] for k in ref}
+
+
+def check_initial_model(cfg: ScenarioConfig, bad) -> None:
+    """A bad ``initial_model`` file stops the run when the scenario loads, before any client trains."""
+    from .artifacts import ModelFileError, model_paths
+
+    if not model_paths(cfg.initial_model)[0].is_file():
+        raise bad("initial_model", f"{cfg.initial_model}: no such file")
     try:
-        check_state_dict(ref, read_tensors(cfg.initial_model), cfg.initial_model, max_abs=cfg.max_weight_abs)
+        initial_model_state(cfg)
     except ModelFileError as e:
         raise bad("initial_model", f"{e} (expected a {cfg.global_arch} model)") from None
 

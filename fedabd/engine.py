@@ -17,7 +17,7 @@ import torch
 
 from . import federated as fed
 from .aggregators import create_aggregator
-from .config import ScenarioConfig
+from .config import ScenarioConfig, initial_model_state
 from .data import dataset_info
 from .device import resolve_device
 from .models import create_model
@@ -124,15 +124,11 @@ class RoundEngine:
         """A fresh model from the seed, or the scenario's ``initial_model`` file (e.g. a model
         trained in clean rounds beforehand: the literature attacks a trained global model)."""
         torch.manual_seed(fed.derive_seed(self.cfg.seed, 0, 1))
+        if self.cfg.initial_model:  # checked when the scenario loaded; read and checked again, it may have changed
+            return initial_model_state(self.cfg)
         model = create_model(self.arch, num_classes=self.info.num_classes, in_channels=self.info.channels,
                              image_size=self.info.image_size)
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        if self.cfg.initial_model:  # checked when the scenario loaded; checked again, it may have changed since
-            from .artifacts import check_state_dict, read_tensors
-            loaded = read_tensors(self.cfg.initial_model)
-            check_state_dict(state, loaded, f"initial_model {self.cfg.initial_model}", max_abs=self.cfg.max_weight_abs)
-            state = {k: loaded[k].clone() for k in state}
-        return state
+        return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
     def evaluate(self, state: fed.StateDict) -> dict:
         return fed.evaluate_state(self.cfg, self.info, self.arch, state, self.device)

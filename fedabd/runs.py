@@ -34,9 +34,8 @@ def describe(cfg: ScenarioConfig) -> str:
     how = cfg.aggregator
     if aggregator_class(cfg.aggregator).uses_defense:
         how += f" ({cfg.kd}{' + ABD ' + cfg.abd if cfg.abd != 'none' else ''})"
-    bad = cfg.malicious if cfg.malicious_ids is None else len(cfg.malicious_ids)
     threat = "" if cfg.threat == "poison" else f", {cfg.threat}"
-    return f"{cfg.name}: {how}, {cfg.clients} clients, {bad} malicious ({cfg.attack}{threat})"
+    return f"{cfg.name}: {how}, {cfg.clients} clients, {cfg.attackers} malicious ({cfg.attack}{threat})"
 
 
 def run_scenario(cfg: ScenarioConfig, simulate: Simulate, resume: bool = False,

@@ -146,12 +146,16 @@ def weight_keys(state: "StateDict") -> list[str]:
     return [k for k, v in state.items() if v.is_floating_point() and not k.endswith(_BUFFERS)]
 
 
+def weight_vector(state: "StateDict", keys: Sequence[str]) -> np.ndarray:
+    """The tensors ``keys`` of ``state`` as one float64 vector."""
+    return np.concatenate([state[k].double().numpy().ravel() for k in keys])
+
+
 def client_updates(uploads: Sequence["Upload"], global_state: "StateDict") -> tuple[list[str], np.ndarray]:
     """The weight keys and each client's update ``W_i - G`` on them, one float64 row per upload."""
     keys = weight_keys(global_state)
-    g = np.concatenate([global_state[k].double().numpy().ravel() for k in keys])
-    rows = [np.concatenate([u.state[k].double().numpy().ravel() for k in keys]) - g for u in uploads]
-    return keys, np.stack(rows)
+    g = weight_vector(global_state, keys)
+    return keys, np.stack([weight_vector(u.state, keys) - g for u in uploads])
 
 
 def apply_update(global_state: "StateDict", keys: Sequence[str], update: np.ndarray,

@@ -81,7 +81,7 @@ class Composite(Aggregator):
             if not uploads:
                 break
             chosen = rule.aggregate(rnd, uploads, global_state)
-            info[part] = {k: v for k, v in chosen.info.items() if k not in ("tpr", "fpr")}
+            info[part] = chosen.info
             keep = set(chosen.selected)
             uploads = [u for u in uploads if u.pid in keep]
         if not uploads:

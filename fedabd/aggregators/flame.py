@@ -26,7 +26,7 @@ from typing import Optional
 import numpy as np
 
 from ..federated import derive_seed
-from .base import AGGREGATORS, Aggregate, Aggregator, apply_update, client_updates
+from .base import AGGREGATORS, Aggregate, Aggregator, apply_update, client_updates, weight_vector
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,7 @@ class Flame(Aggregator):
     def aggregate(self, rnd, uploads, global_state) -> Aggregate:
         s = self.settings
         keys, updates = client_updates(uploads, global_state)
-        vectors = updates if s.cluster_on == "updates" else updates + np.concatenate(
-            [global_state[k].double().numpy().ravel() for k in keys])
+        vectors = updates if s.cluster_on == "updates" else updates + weight_vector(global_state, keys)
         admitted = majority_cluster(vectors, s.min_cluster_size)
         info = {}
         if admitted is None:

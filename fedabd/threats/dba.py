@@ -68,10 +68,6 @@ def split_trigger(attack: Attack, pieces: int) -> list[TriggerPiece]:
                          base=attack, mask=m) for i, m in enumerate(piece_masks(trigger_region(attack), pieces))]
 
 
-def _attackers(cfg) -> int:
-    return len(cfg.malicious_ids) if cfg.malicious_ids is not None else cfg.malicious
-
-
 @THREATS.register("dba")
 class DBA(Threat):
     config_cls = DBASettings
@@ -81,7 +77,7 @@ class DBA(Threat):
         from ..data import dataset_info
         from ..federated import scenario_attack
 
-        pieces, attackers = cls.settings_from(cfg).pieces or _attackers(cfg), _attackers(cfg)
+        pieces, attackers = cls.settings_from(cfg).pieces or cfg.attackers, cfg.attackers
         if pieces > attackers:
             raise ValueError(f"dba: {pieces} pieces need at least {pieces} malicious clients, the scenario has {attackers}")
         if pieces < 2:
@@ -93,7 +89,7 @@ class DBA(Threat):
 
     def pieces(self, info) -> list[TriggerPiece]:
         from ..federated import scenario_attack
-        return split_trigger(scenario_attack(self.cfg, info), self.settings.pieces or _attackers(self.cfg))
+        return split_trigger(scenario_attack(self.cfg, info), self.settings.pieces or self.cfg.attackers)
 
     def trigger(self, info, pid, rnd):
         from ..federated import malicious_clients
