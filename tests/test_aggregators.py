@@ -97,6 +97,14 @@ def test_bulyan_sets_an_outlier_aside_and_needs_4f_plus_3_uploads():
         cfg(aggregator="bulyan", clients=6, malicious=1)
 
 
+def test_the_byzantine_count_defaults_to_the_attackers_named_by_malicious_ids():
+    with pytest.raises(ConfigError, match="4f \\+ 3 = 11"):  # two attackers named, `malicious` left at 0
+        cfg(aggregator="bulyan", clients=10, malicious=0, malicious_ids=[3, 7])
+    values = [[0.0], [0.1], [-0.1], [0.2], [90.0], [100.0]]
+    out = run("multikrum", ups(values), clients=6, malicious=0, malicious_ids=[4, 5])  # f = 2: both set aside
+    assert out.info["set_aside"] == [4, 5]
+
+
 def test_settings_are_typed_and_checked_when_the_scenario_loads():
     with pytest.raises(ConfigError, match="aggregator_settings: beta must be in"):
         cfg(aggregator="fedtrimmedavg", aggregator_settings={"beta": 0.5})

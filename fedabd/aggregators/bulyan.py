@@ -57,7 +57,7 @@ def closest_to_median_mean(stacked: np.ndarray, beta: int) -> np.ndarray:
 
 
 def _byzantine(settings: BulyanSettings, cfg) -> int:
-    return settings.byzantine if settings.byzantine is not None else cfg.malicious
+    return settings.byzantine if settings.byzantine is not None else cfg.attackers
 
 
 @AGGREGATORS.register("bulyan")

@@ -42,7 +42,7 @@ class RobustLR(Aggregator):
 
     def aggregate(self, rnd, uploads, global_state) -> Aggregate:
         s = self.settings
-        theta = s.threshold if s.threshold is not None else self.cfg.malicious + 1
+        theta = s.threshold if s.threshold is not None else self.cfg.attackers + 1
         keys, updates = client_updates(uploads, global_state)
         lr = robust_lr(updates, theta, s.server_lr)
         agg = lr * (np.asarray(sample_weights(uploads)) @ updates)
