@@ -1,6 +1,7 @@
-"""The federated threats and defences, measured: each threat under FedAvg and norm clipping, plain and
-boosted poisoning under data-free distillation, each defence against the boosted poisoning attack
-(default dataset, 10 clients of which 3 malicious, one seed).
+"""The federated threats and defences, measured: each threat under FedAvg and norm clipping; plain,
+boosted and KD-aware poisoning under data-free distillation without and with ABD; each defence
+against the boosted poisoning attack and the KD-aware attacker (default dataset, 10 clients of which
+3 malicious, one seed).
 
     python scripts/threats_table.py --out results/threats
 
@@ -35,8 +36,11 @@ THREATS = {  # row -> scenario keys; each row runs under FedAvg and under norm c
     "neurotoxin": {"threat": "neurotoxin"},
     f"neurotoxin x{BOOST:g}": {"threat": "neurotoxin", "scale": BOOST},
     "constrain_scale": {"threat": "constrain_scale"},
+    "kd_aware": {"threat": "kd_aware"},
+    "kd_aware, weight 0": {"threat": "kd_aware", "threat_settings": {"weight": 0.0}},  # its schedule, no margin term
 }
-DISTILLED = ["poison", f"poison x{BOOST:g}"]  # also run under data-free distillation (CMI, no ABD)
+DISTILLED = ["poison", f"poison x{BOOST:g}", "kd_aware", "kd_aware, weight 0"]  # also under distillation (CMI)
+PROTECTED = [f"poison x{BOOST:g}", "kd_aware"]  # also under distillation with ABD (SV + SR)
 DEFENCES = ["fedavg", "clip", "flame", "foolsgold", "rlr", "multikrum", "fedmedian", "fedtrimmedavg"]
 
 
@@ -46,12 +50,15 @@ def cells() -> dict[str, dict]:
     for name in DISTILLED:
         out[f"distill, {name}"] = {**BASE, "aggregator": "distill", "kd": "cmi", **THREATS[name]}
     for agg in DEFENCES:
-        out.setdefault(f"{agg}, poison x{BOOST:g}", {**BASE, "aggregator": agg, "threat": "poison", "scale": BOOST})
+        for name in (f"poison x{BOOST:g}", "kd_aware"):
+            out.setdefault(f"{agg}, {name}", {**BASE, "aggregator": agg, **THREATS[name]})
+    for name in PROTECTED:
+        out[f"distill+abd, {name}"] = {**BASE, "aggregator": "distill", "kd": "cmi", "abd": "sv+sr", **THREATS[name]}
     return out
 
 
 def folder(root: Path, cell: str) -> Path:
-    return root / "runs" / cell.replace(", ", "__").replace(" ", "_")
+    return root / "runs" / cell.replace(", ", "__").replace(" ", "_").replace("+", "_")
 
 
 def summary(rows: list[dict], stop: int) -> dict:
@@ -91,19 +98,27 @@ def main() -> None:
 
     t1 = [[name, *acc_asr(results[f"fedavg, {name}"]), *acc_asr(results[f"clip, {name}"]),
            results[f"fedavg, {name}"]["lasts"], results[f"clip, {name}"]["lasts"]] for name in THREATS]
-    t2 = [[agg, *acc_asr(r), r["lasts"], "-" if r["tpr"] is None else f"{pct(r['tpr'])} / {pct(r['fpr'])}",
-           f"{r['seconds']:.1f}"] for agg in DEFENCES for r in [results[f"{agg}, poison x{BOOST:g}"]]]
+    def defences(threat: str) -> list[list]:
+        return [[agg, *acc_asr(r), r["lasts"], "-" if r["tpr"] is None else f"{pct(r['tpr'])} / {pct(r['fpr'])}",
+                 f"{r['seconds']:.1f}"] for agg in DEFENCES for r in [results[f"{agg}, {threat}"]]]
+
+    def protected(name: str) -> list[str]:
+        return acc_asr(results[f"distill+abd, {name}"]) if f"distill+abd, {name}" in results else ["-", "-"]
+
     pieces = lambda c: ", ".join(f"{k[4:]} {pct(v)} %" for k, v in results[c]["pieces"].items())  # noqa: E731
     text = ["# Threats under FedAvg and under norm clipping", "",
             markdown_table(["threat", f"FedAvg {head[0]}", f"FedAvg {head[1]}", f"clip {head[0]}", f"clip {head[1]}",
                             "FedAvg: rounds ASR > 20 % after the attack", "clip: rounds ASR > 20 % after"], t1),
             f"DBA under FedAvg, ASR of each piece alone at round {stop}: {pieces('fedavg, dba')} (x{BOOST:g}: "
             f"{pieces(f'fedavg, dba x{BOOST:g}')})",
-            "", "# Against data-free distillation (CMI, no ABD)", "",
-            markdown_table(["threat", f"FedAvg {head[0]}", f"FedAvg {head[1]}", f"distill {head[0]}", f"distill {head[1]}"],
-                           [[n, *acc_asr(results[f"fedavg, {n}"]), *acc_asr(results[f"distill, {n}"])] for n in DISTILLED]),
-            "", f"# Defences against poisoning boosted x{BOOST:g}", "",
-            markdown_table(["aggregator", *head[:3], "TPR / FPR % (attack rounds)", head[3]], t2)]
+            "", "# Against data-free distillation (CMI), without and with ABD", "",
+            markdown_table(["threat", f"FedAvg {head[0]}", f"FedAvg {head[1]}", f"distill {head[0]}", f"distill {head[1]}",
+                            f"distill+ABD {head[0]}", f"distill+ABD {head[1]}"],
+                           [[n, *acc_asr(results[f"fedavg, {n}"]), *acc_asr(results[f"distill, {n}"]), *protected(n)]
+                            for n in DISTILLED])]
+    for threat in (f"poison x{BOOST:g}", "kd_aware"):
+        text += ["", f"# Defences against {threat}", "",
+                 markdown_table(["aggregator", *head[:3], "TPR / FPR % (attack rounds)", head[3]], defences(threat))]
     (args.out / "tables.md").write_text("\n".join(text))
     print("\n".join(text))
 

@@ -1,6 +1,6 @@
 """Each threat's defining property on hand-made or tiny inputs: DBA's pieces assemble to the global
-trigger, Neurotoxin leaves the frozen coordinates untouched, constrain-and-scale meets its norm bound;
-attack windows, backdoor persistence, a start from a model file, and bad threat settings."""
+trigger, Neurotoxin leaves the frozen coordinates untouched, constrain-and-scale meets its norm bound,
+the KD-aware attacker's backdoor survives the teachers' mean logits; attack windows, backdoor persistence, a start from a model file, and bad threat settings."""
 import pytest
 import torch
 
@@ -13,6 +13,7 @@ from fedabd.engine import RoundEngine, backdoor_lasts
 from fedabd.threats import create_threat
 from fedabd.threats.constrain_scale import scale_to_bound
 from fedabd.threats.dba import piece_masks, split_trigger
+from fedabd.threats.kd_aware import margin_loss, outvote_margin
 from fedabd.threats.neurotoxin import benign_gradient, frozen_masks
 
 INFO = dataset_info("mnist_subset")
@@ -87,6 +88,54 @@ def test_the_anomaly_term_keeps_the_trained_model_closer_to_the_global_one():
     assert dist(fed.local_update(constrained, 0, 1, start, True).state) < dist(fed.local_update(plain, 0, 1, start, True).state)
 
 
+def test_margin_loss_on_known_logits():
+    logits = torch.tensor([[5.0, 1.0, 2.0], [0.0, 10.0, 3.0], [9.0, 0.0, 1.0]])
+    # target 0, margin 4: margins 3, -10 and 8 -> hinges 1, 14 and 0
+    assert margin_loss(logits, 0, 4.0).item() == pytest.approx(5.0)
+
+
+def test_the_default_margin_outvotes_the_honest_teachers_in_the_mean_logits():
+    gap, n, f = 6.0, 10, 3
+    honest = torch.tensor([0.0, gap, 0.0])  # true class 1, `gap` above the target 0
+    def mean_logits(margin):
+        return ((n - f) * honest + f * torch.tensor([margin, 0.0, 0.0])) / n
+    assert mean_logits(gap).argmax() == 1  # a plain poisoner's margin: the honest majority wins
+    assert mean_logits(outvote_margin(gap, f, n, safety=2.0)).argmax() == 0
+    assert outvote_margin(gap, f, n, safety=1.0) == pytest.approx(gap * (n - f) / f)  # the tie
+
+
+def test_the_kd_aware_backdoor_survives_the_teachers_mean_logits_where_its_schedule_alone_does_not():
+    """Three of ten teachers poisoned: the mean of 7 honest and 3 attacker logits (what the server's
+    student learns from) names the target on triggered images with the margin term, not without."""
+    from fedabd.metrics import evaluate
+    from fedabd.models.ensemble import Ensemble
+    from fedabd.train import TrainConfig, train_classifier
+
+    cfg = scenario(threat="kd_aware", attack="badnet_grid", poison_rate=0.3, local_epochs=2)
+    torch.manual_seed(0)
+    warm = fed.create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    train_classifier(warm, fed.client_data(cfg, 9), TrainConfig(epochs=3, lr=cfg.local_lr), "cpu")
+    start = {k: v.detach().clone() for k, v in warm.state_dict().items()}
+
+    def model(c, pid, malicious):
+        m = fed.create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+        m.load_state_dict(fed.local_update(c, pid, 1, start, malicious=malicious).state)
+        return m
+
+    test = fed.dataset_split(cfg, "test")
+    trigger = fed.scenario_attack(cfg, INFO)
+    honest = model(cfg, 0, False)
+    results = {}
+    for weight in (1.0, 0.0):
+        attacker = model(scenario(threat="kd_aware", attack="badnet_grid", poison_rate=0.3, local_epochs=2,
+                                  threat_settings={"weight": weight}), 3, True)
+        results[weight] = (evaluate(attacker, test, trigger), evaluate(Ensemble([honest, attacker], [0.7, 0.3]), test, trigger))
+    (alone, mean), (alone0, mean0) = results[1.0], results[0.0]
+    assert alone["asr"] > 0.95 and alone["acc"] > 0.7  # the attacker's own model keeps most of its accuracy
+    assert mean["asr"] > 0.9 and mean["acc"] > 0.85   # the ensemble: backdoored, still accurate
+    assert mean0["asr"] < mean["asr"] - 0.3            # the same schedule without the margin term
+
+
 def test_attack_window_and_backdoor_persistence():
     cfg = scenario(attack_start_round=2, attack_stop_round=3, rounds=8)
     assert [bool(fed.malicious_clients(cfg, r)) for r in range(1, 6)] == [False, True, True, False, False]
@@ -127,6 +176,7 @@ def test_a_run_can_start_from_a_model_file(tmp_path):
     ({"threat": "dba", "attack": "sig"}, "clean-label"),
     ({"threat": "neurotoxin", "threat_settings": {"mask_ratio": 1.0}}, "mask_ratio must be in"),
     ({"threat": "constrain_scale", "threat_settings": {"alpa": 0.5}}, "unknown setting 'alpa'"),
+    ({"threat": "kd_aware", "threat_settings": {"surrogate_share": 1.5}}, "surrogate_share must be in"),
     ({"threat": "nope"}, "threat: unknown threat 'nope'"),
     ({"attack_start_round": 3, "attack_stop_round": 2}, "attack_stop_round: 2 is before attack_start_round 3"),
     ({"initial_model": "/nonexistent.safetensors"}, "initial_model: /nonexistent.safetensors: no such file"),
