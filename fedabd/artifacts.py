@@ -115,13 +115,22 @@ def _check_fields(obj: dict, schema: dict, where: str, path: Path, allow_extra: 
             raise ModelFileError(f"{path}: unknown metadata field(s) {where}{sorted(extra)}")
 
 
+METADATA_LIMIT = 1 << 20  # bytes: a model's metadata is a few KB
+
+
 def read_metadata(path: str | Path) -> dict:
     _, meta_path = model_paths(path)
     if not meta_path.exists():
         raise ModelFileError(f"{meta_path}: metadata file not found (a model is NAME.safetensors + NAME.json)")
+    from .config import read_text_limited
+
     try:
-        meta = json.loads(meta_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = read_text_limited(meta_path, METADATA_LIMIT)
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{meta_path}: cannot read the metadata: {getattr(e, 'strerror', None) or e}") from None
+    try:
+        meta = json.loads(text)
+    except json.JSONDecodeError as e:
         raise ModelFileError(f"{meta_path}: metadata is not valid JSON ({e})") from None
     if not isinstance(meta, dict):
         raise ModelFileError(f"{meta_path}: metadata must be a JSON object")
@@ -142,8 +151,13 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     weights, _ = model_paths(path)
     if not weights.exists():
         raise ModelFileError(f"{weights}: weights file not found")
-    with open(weights, "rb") as f:
-        head = f.read(8)
+    if not weights.is_file():
+        raise ModelFileError(f"{weights}: not a regular file")
+    try:
+        with open(weights, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise ModelFileError(f"{weights}: cannot read: {e.strerror or e}") from None
     if head[:1] == _PICKLE_MAGIC[0] or head[:4] == _PICKLE_MAGIC[1]:
         raise ModelFileError(f"{weights}: this is a pickle / torch.save file; fedabd never unpickles model "
                              "files. Convert it to safetensors (safetensors.torch.save_file) on a machine you trust.")
@@ -191,13 +205,15 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> LoadedMo
     name = arch.pop("name")
     if (arch["num_classes"], arch["in_channels"], arch["image_size"]) != (info.num_classes, info.channels, info.image_size):
         raise ModelFileError(f"{meta_path}: architecture shape {arch} does not match dataset {ds['name']}")
-    try:
-        model = create_model(name, **arch)
-    except TypeError as e:
+    try:  # built on the meta device first: declared sizes allocate nothing until they match the file
+        with torch.device("meta"):
+            skeleton = create_model(name, **arch)
+    except (TypeError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{meta_path}: invalid architecture arguments for {name!r}: {e}") from None
     trigger = {k[len(TRIGGER_PREFIX):]: v for k, v in tensors.items() if k.startswith(TRIGGER_PREFIX)}
     weights_only = {k: v for k, v in tensors.items() if not k.startswith(TRIGGER_PREFIX)}
-    check_state_dict(model.state_dict(), weights_only, str(weights))
+    check_state_dict(skeleton.state_dict(), weights_only, str(weights))
+    model = create_model(name, **arch)
     model.load_state_dict(weights_only)
     for k, v in trigger.items():
         if v.is_floating_point() and not torch.isfinite(v).all():

@@ -6,6 +6,7 @@ file, raised before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -26,12 +27,65 @@ _Loader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+MAX_TEXT = 1 << 20      # bytes of a scenario file, a metadata file or a flag value
+MAX_NODES = 100_000     # values in a parsed YAML document, aliases expanded
+MAX_DEPTH = 64          # nesting of a parsed YAML document
+
+
+def read_text_limited(path: str | Path, limit: int = MAX_TEXT) -> str:
+    """The text of a regular file of at most ``limit`` bytes (OSError or ValueError naming the cause).
+    Devices, pipes and folders are refused before any read, so a link to /dev/zero cannot fill memory."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise ValueError(f"{path}: larger than {limit} bytes")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+
+
+def check_document_size(obj, limit: int = MAX_NODES, depth: int = MAX_DEPTH) -> None:
+    """ValueError when a parsed document holds more than ``limit`` values once its aliases are
+    expanded, or nests deeper than ``depth`` (a YAML alias bomb is a few hundred bytes that expand to
+    billions of values). Stops counting at the limit, so checking a bomb is cheap."""
+    count = 0
+    stack = [(obj, 0)]
+    while stack:
+        value, level = stack.pop()
+        count += 1
+        if count > limit:
+            raise ValueError(f"more than {limit} values once aliases are expanded (a YAML alias bomb?)")
+        if level > depth:
+            raise ValueError(f"nested deeper than {depth} levels")
+        if isinstance(value, dict):
+            stack.extend((v, level + 1) for kv in value.items() for v in kv)
+        elif isinstance(value, list):
+            stack.extend((v, level + 1) for v in value)
+
+
 def yaml_load(text: str):
-    """Parse YAML text safely (never constructs Python objects); exponent floats without a dot allowed."""
-    return yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    """Parse YAML text safely (never constructs Python objects); exponent floats without a dot
+    allowed; bounded in size (:data:`MAX_TEXT`), values (:data:`MAX_NODES`, aliases expanded) and
+    depth. Raises ``yaml.YAMLError`` or ValueError."""
+    if len(text) > MAX_TEXT:
+        raise ValueError(f"YAML text longer than {MAX_TEXT} characters")
+    data = yaml.load(text, Loader=_Loader)  # noqa: S506 - _Loader is a SafeLoader
+    check_document_size(data)
+    return data
 
 class ConfigError(ValueError):
     """A bad setting; the message names the key and where it came from."""
+
+
+def one_line(e: BaseException) -> str:
+    """An exception's message on one line (PyYAML's span several, with a caret drawing)."""
+    return " ".join(str(e).split())
 
 
 @dataclass(frozen=True)
@@ -173,8 +227,24 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
         raise bad("attack_stop_round", f"{cfg.attack_stop_round} is before attack_start_round {cfg.attack_start_round}")
     if not 0 < cfg.poison_rate <= 1:
         raise bad("poison_rate", f"must be in (0, 1], got {cfg.poison_rate}")
-    if cfg.local_lr <= 0 or cfg.scale <= 0 or cfg.max_weight_abs <= 0 or cfg.client_timeout <= 0:
-        raise bad("local_lr/scale/max_weight_abs/client_timeout", "must be > 0")
+    for key, hint in _HINTS.items():
+        value = getattr(cfg, key)
+        if float in (hint, *typing.get_args(hint)) and isinstance(value, float) and not math.isfinite(value):
+            raise bad(key, f"must be a finite number, got {value}")
+    for key in ("local_lr", "scale", "max_weight_abs", "client_timeout"):
+        if getattr(cfg, key) <= 0:
+            raise bad(key, f"must be > 0, got {getattr(cfg, key)}")
+    if not 0 <= cfg.seed < 2**63:
+        raise bad("seed", f"must be between 0 and 2**63 - 1, got {cfg.seed}")
+    per_round = max(int(cfg.clients * cfg.fraction), 1)
+    if cfg.min_clients > per_round:
+        raise bad("min_clients", f"{cfg.min_clients} is more than the {per_round} client(s) a round samples "
+                                 f"(clients {cfg.clients} x fraction {cfg.fraction})")
+    try:
+        from .device import resolve_device
+        resolve_device(cfg.device)
+    except (RuntimeError, ValueError) as e:
+        raise bad("device", one_line(e).strip("'\"")) from None
     if cfg.dataset not in DATASETS:
         raise bad("dataset", f"unknown dataset {cfg.dataset!r}; choose one of: {', '.join(DATASETS.names())}")
     if cfg.attack not in ATTACKS:
@@ -251,8 +321,12 @@ def check_initial_model(cfg: ScenarioConfig, bad) -> None:
     """A bad ``initial_model`` file stops the run when the scenario loads, before any client trains."""
     from .artifacts import ModelFileError, model_paths
 
-    if not model_paths(cfg.initial_model)[0].is_file():
-        raise bad("initial_model", f"{cfg.initial_model}: no such file")
+    try:
+        found = bool(cfg.initial_model.strip()) and model_paths(cfg.initial_model)[0].is_file()
+    except (ValueError, OSError):  # e.g. a path without a file name
+        found = False
+    if not found:
+        raise bad("initial_model", f"{cfg.initial_model!r}: no such model file")
     try:
         initial_model_state(cfg)
     except ModelFileError as e:
@@ -273,12 +347,14 @@ def build(values: dict, where: str) -> ScenarioConfig:
 
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise ConfigError(f"{path}: scenario file not found")
     try:
-        data = yaml_load(path.read_text())
+        data = yaml_load(read_text_limited(path))
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: malformed YAML: {e}") from None
+        raise ConfigError(f"{path}: malformed YAML: {one_line(e)}") from None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: {getattr(e, 'strerror', None) or e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -19,6 +19,7 @@ from pathlib import Path
 from .config import ScenarioConfig, validate
 from .federated import Checkpoint
 from .report import RunDir, markdown_table, plot_curves
+from .runfolder import own_run_folder
 
 Simulate = Callable[..., list[dict]]
 
@@ -39,14 +40,22 @@ def describe(cfg: ScenarioConfig) -> str:
 
 
 def run_scenario(cfg: ScenarioConfig, simulate: Simulate, resume: bool = False,
-                 on_round: Callable[[dict], None] | None = None, progress=None, title: str = "") -> list[dict]:
-    """Run ``cfg`` through ``simulate`` and keep its run folder complete; returns the round rows."""
+                 on_round: Callable[[dict], None] | None = None, progress=None, title: str = "",
+                 overwrite: bool = False) -> list[dict]:
+    """Run ``cfg`` through ``simulate`` and keep its run folder complete; returns the round rows.
+    The folder is held for this run (:func:`fedabd.runfolder.own_run_folder`): a new run refuses a
+    folder that is not empty unless ``overwrite`` clears it; ``resume`` continues the folder's run."""
+    with own_run_folder(cfg.out, cfg.to_json(), resume=resume, overwrite=overwrite):
+        return _run(cfg, simulate, resume, on_round, progress, title)
+
+
+def _run(cfg: ScenarioConfig, simulate: Simulate, resume: bool, on_round, progress, title: str) -> list[dict]:
     out = Path(cfg.out)
     run = RunDir(out)
     run.write_json("config.json", cfg.to_json())
-    if resume:
+    if resume:  # the rows files restart from the checkpoint's rows (none without one)
         loaded = Checkpoint(out).load()
-        run.rows = list(loaded[2]) if loaded else []
+        run.rewrite(list(loaded[2]) if loaded else [])
 
     def record(row: dict) -> None:
         if not row.get("resumed"):
@@ -69,7 +78,10 @@ def compare_variants(cfg: ScenarioConfig, names: str) -> dict[str, ScenarioConfi
     A name is an aggregator or a composition (``flame+distill``) followed by an optional ABD part:
     ``+abd`` is SV + SR, ``+sv`` / ``+sr`` one of them; a name without one runs no defence."""
     variants = {}
-    for name in [v.strip() for v in names.split(",") if v.strip()]:
+    listed = [v.strip() for v in names.split(",") if v.strip()]
+    if not listed:
+        raise ValueError(f"--compare: no aggregator named in {names!r}; e.g. --compare fedavg,distill+abd")
+    for name in listed:
         parts = name.split("+")
         defence = []
         while len(parts) > 1 and parts[-1] in ("abd", "sv", "sr"):

@@ -111,6 +111,37 @@ def test_metadata_not_json_and_missing_files(saved, tmp_path):
         load_model(tmp_path / "absent")
 
 
+def test_model_files_that_are_not_small_regular_files_are_refused(saved, tmp_path):
+    _, _, path = saved
+    weights, meta_path = model_paths(path)
+    meta = meta_path.read_text()
+    meta_path.unlink()
+    meta_path.symlink_to("/dev/zero")  # would be read until memory runs out
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        load_model(path)
+    meta_path.unlink()
+    meta_path.write_text(meta)
+    weights.unlink()
+    weights.mkdir()
+    with pytest.raises(ModelFileError, match="not a regular file"):
+        load_model(path)
+
+
+def test_declared_sizes_allocate_nothing_before_they_match_the_weights(saved):
+    import time
+
+    _, _, path = saved
+    _, meta_path = model_paths(path)
+    meta = json.loads(meta_path.read_text())
+    meta["arch"]["num_classes"] = meta["dataset"]["num_classes"] = 10_000_000  # a 3.4 GB last layer, in 1 KB
+    meta["attack"] = None
+    meta_path.write_text(json.dumps(meta))
+    t0 = time.perf_counter()
+    with pytest.raises(ModelFileError, match="has shape"):
+        load_model(path)
+    assert time.perf_counter() - t0 < 2.0
+
+
 def test_bad_trigger_tensors(tmp_path):
     model = create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
     attack = create_attack("blend", MNIST_LIKE, seed=1)

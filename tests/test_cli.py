@@ -57,12 +57,36 @@ def test_evaluate_uses_the_stored_trigger(teacher_dir):
     (("distill", "--teacher", "/nonexistent.safetensors", "--out", "x"), "not found"),
     (("distill", "--teacher", "/nonexistent.safetensors", "--out", "x", "--abd", "bogus"), "unknown defence"),
     (("reproduce", "--out", "x", "--base", "/nonexistent"), "not a reproduction folder"),
+    (("simulate", "--set", "seed=[1", "--out", "x"), "--set 'seed=[1': not a plain YAML value"),
+    (("simulate", "--set", "seed=!!python/object/apply:os.system [echo]", "--out", "x"), "not a plain YAML value"),
+    (("simulate", "--compare", ",", "--out", "x"), "--compare: no aggregator named"),
+    (("simulate", "--seed", "-1", "--out", "x"), "seed: must be between 0"),
+    (("simulate", "--set", "local_lr=.nan", "--out", "x"), "local_lr: must be a finite number"),
+    (("simulate", "--device", "banana", "--out", "x"), "unknown device 'banana'"),
+    (("simulate", "--clients", "10", "--fraction", "0.2", "--set", "min_clients=3", "--out", "x"),
+     "min_clients: 3 is more than the 2 client(s) a round samples"),
+    (("simulate", "--resume", "/nonexistent"), "no config.json"),
+    (("train-teacher", "--out", "/proc/fedabd-out", "--epochs", "1"), "--out /proc/fedabd-out: cannot write there"),
+    (("distill", "--teacher", "/nonexistent.safetensors", "--out", "/proc/x"), "--out /proc/x: cannot write there"),
+    (("simulate", "--resume", "x", "--compare", "fedavg"), "takes neither --compare nor --overwrite"),
 ])
 def test_bad_input_gives_one_clear_line_and_exit_2(args, needle):
     res = invoke(*args)
     assert res.exit_code == 2, res.output
     assert needle in res.output
     assert "Traceback" not in res.output
+
+
+def test_an_out_that_is_a_file_and_paths_with_markup_print_literally(tmp_path):
+    (tmp_path / "file").write_text("x")
+    res = invoke("simulate", "--aggregator", "fedavg", "--out", tmp_path / "file")
+    assert res.exit_code == 2 and "exists and is not a folder" in res.output and "Traceback" not in res.output
+    odd = tmp_path / "[exp]" / "[/bold]"
+    odd.mkdir(parents=True)
+    (odd / "s.yaml").write_text("clients: 0\n")
+    for args in (("scenarios", "validate", odd / "s.yaml"), ("simulate", "--scenario", odd / "s.yaml")):
+        res = invoke(*args)
+        assert res.exit_code == 2 and f"{odd / 's.yaml'}: clients: must be >= 1" in res.output
 
 
 def test_pickled_model_is_refused(tmp_path, teacher_dir):

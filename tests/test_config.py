@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 from hypothesis import given, settings
@@ -100,3 +102,48 @@ def test_flower_run_config_with_overrides_string():
         ("quickstart", 2, 0, "fedavg", 1, "/tmp/x")
     with pytest.raises(ConfigError, match="key=value"):
         scenario_from_run_config({"overrides": "clients"})
+
+
+def alias_bomb(levels: int = 9) -> str:
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize("where", ["top", "sv"])
+def test_a_yaml_alias_bomb_is_refused_in_under_a_second(tmp_path, where):
+    import time
+
+    text = alias_bomb()
+    if where == "sv":  # inside a setting that takes a mapping
+        text = "sv:\n" + "".join(f"  {line}\n" for line in text.splitlines())
+    p = write(tmp_path, text)
+    t0 = time.perf_counter()
+    with pytest.raises(ConfigError, match="once aliases are expanded"):
+        load_scenario(p)
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_scenario_paths_that_are_not_small_regular_files_are_refused(tmp_path):
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_scenario(tmp_path / "zero.yaml")
+    with pytest.raises(ConfigError, match="not a regular file"):
+        load_scenario(tmp_path)
+    (tmp_path / "big.yaml").write_text("description: " + "x" * (2 << 20) + "\n")
+    with pytest.raises(ConfigError, match="larger than"):
+        load_scenario(tmp_path / "big.yaml")
+
+
+@pytest.mark.parametrize("values, needle", [
+    ({"seed": -1}, "seed: must be between 0"),
+    ({"local_lr": float("nan")}, "local_lr: must be a finite number"),
+    ({"client_timeout": float("inf")}, "client_timeout: must be a finite number"),
+    ({"device": "banana"}, "device: unknown device 'banana'"),
+    ({"device": "cuda:7"}, "device: "),
+    ({"clients": 10, "fraction": 0.2, "min_clients": 3}, "min_clients: 3 is more than the 2 client(s)"),
+    ({"initial_model": ""}, "initial_model: '': no such model file"),
+])
+def test_settings_that_would_fail_after_training_are_refused_at_load(values, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_scenario(None, values)

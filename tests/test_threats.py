@@ -179,7 +179,7 @@ def test_a_run_can_start_from_a_model_file(tmp_path):
     ({"threat": "kd_aware", "threat_settings": {"surrogate_share": 1.5}}, "surrogate_share must be in"),
     ({"threat": "nope"}, "threat: unknown threat 'nope'"),
     ({"attack_start_round": 3, "attack_stop_round": 2}, "attack_stop_round: 2 is before attack_start_round 3"),
-    ({"initial_model": "/nonexistent.safetensors"}, "initial_model: /nonexistent.safetensors: no such file"),
+    ({"initial_model": "/nonexistent.safetensors"}, "initial_model: '/nonexistent.safetensors': no such model file"),
     ({"aggregator": "flame+distill+nope"}, "unknown aggregator 'nope'"),
 ])
 def test_bad_threat_settings_are_refused_when_the_scenario_loads(settings, needle):

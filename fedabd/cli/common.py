@@ -2,38 +2,95 @@
 from __future__ import annotations
 
 import contextlib
+import tempfile
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
 
 from ..artifacts import ModelFileError
 from ..data import DatasetUnavailableError
+from ..engine import RoundFailed
 from ..registry import UnknownNameError
+from ..supervise import ChildFailed
 from ..runs import pct
 
-console = Console()
-err = Console(stderr=True)
+# markup off: user strings (names, paths, messages) print literally; styles come as Text objects
+console = Console(markup=False)
+err = Console(stderr=True, markup=False)
 
+# bad input (exit 2) and a run that failed for a cause outside fedabd (exit 1), each as one line
 USER_ERRORS = (ModelFileError, DatasetUnavailableError, UnknownNameError, ValueError, FileNotFoundError)
+RUN_ERRORS = (RoundFailed, OSError)
 ABD_HELP = "ABD defence: bare --abd = SV + SR; or sv | sr | sv+sr | none."
 
-__all__ = ["ABD_HELP", "console", "err", "parse_settings", "pct", "progress_bar", "split_names", "user_errors"]
+__all__ = ["ABD_HELP", "classify_error", "console", "err", "error_line", "parse_settings", "pct", "progress_bar", "split_names", "styled",
+           "user_errors", "writable_folder"]
+
+
+def styled(style: str, label: str, message: str = "") -> Text:
+    """``label`` in ``style`` followed by ``message`` as plain text (no markup read from it)."""
+    return Text.assemble((label, style), message)
+
+
+def error_line(e: BaseException) -> str:
+    """An exception as one line: its message, or for an OSError the cause and the file."""
+    if isinstance(e, OSError) and e.strerror:
+        return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    return " ".join(str(e).split()) or type(e).__name__
+
+
+def classify_error(e: BaseException) -> tuple[int, str] | None:
+    """``(exit code, one line)`` for bad input (2) and a run failing for an outside cause (1);
+    None for anything else (a bug: its traceback is shown)."""
+    if isinstance(e, USER_ERRORS):
+        return 2, error_line(e)
+    if isinstance(e, RUN_ERRORS):
+        return 1, error_line(e)
+    return None
 
 
 @contextlib.contextmanager
 def user_errors():
-    """Known bad-input errors become one clear line on stderr and exit code 2 (no traceback)."""
+    """Bad input becomes one line on stderr and exit code 2; a run that fails for a cause outside
+    fedabd (too few usable clients, a full disk, a folder that cannot be written) one line and exit
+    code 1. No traceback either way."""
     try:
         yield
-    except USER_ERRORS as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
+    except ChildFailed as e:  # a supervised job's error, already classified in its process
+        if e.detail:
+            err.print(e.detail, highlight=False)
+        err.print(styled("bold red", "error: " if e.code == 2 else "run failed: ", e.line), highlight=False, soft_wrap=True)
+        raise typer.Exit(e.code) from None
+    except (*USER_ERRORS, *RUN_ERRORS) as e:
+        code, line = classify_error(e)
+        err.print(styled("bold red", "error: " if code == 2 else "run failed: ", line), highlight=False, soft_wrap=True)
+        raise typer.Exit(code) from None
+    except KeyboardInterrupt:  # commands that run in this process (train-teacher, distill, reproduce)
+        err.print(styled("bold yellow", "interrupted", ": finished outputs are kept; the rest was not written"),
+                  highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+
+
+def writable_folder(path: Path, flag: str = "--out") -> Path:
+    """Create ``path`` if needed and check that a file can be written in it, before any work starts
+    (a ValueError naming the flag otherwise), so that hours of training never end unsaved."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: exists and is not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise ValueError(f"{flag} {path}: cannot write there ({e.strerror or e})") from None
+    return path
 
 
 def progress_bar() -> Progress:
-    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+    return Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(),
                     console=console, transient=False)
 
 
@@ -48,12 +105,17 @@ def split_names(value: str, registry, extra: tuple[str, ...] = ()) -> list[str]:
 
 def parse_settings(values: list[str] | None, what: str) -> dict:
     """``key=value`` pairs (values parsed as YAML scalars) -> dict."""
-    from ..config import yaml_load
+    import yaml
+
+    from ..config import ConfigError, one_line, yaml_load
 
     out = {}
     for item in values or []:
         if "=" not in item:
             raise ValueError(f"{what}: expected key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        out[key.strip()] = yaml_load(raw)
+        try:
+            out[key.strip()] = yaml_load(raw)
+        except (yaml.YAMLError, ValueError) as e:
+            raise ConfigError(f"{what} {item!r}: not a plain YAML value ({one_line(e)})") from None
     return out

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .common import ABD_HELP, console, parse_settings, pct, progress_bar, user_errors
+from .common import ABD_HELP, console, parse_settings, pct, progress_bar, user_errors, writable_folder
 
 def distill_cmd(
     teacher: Annotated[list[Path], typer.Option(help="Teacher model file (repeat for an ensemble).")],
@@ -35,6 +35,7 @@ def distill_cmd(
     with user_errors():
         defense = build_defense(abd, sv=parse_settings(sv, "--sv"), sr=parse_settings(sr, "--sr"))
         w = [float(v) for v in weights.split(",")] if weights else None
+        writable_folder(out)
         with progress_bar() as bar:
             task = bar.add_task(f"{kd}{'+' + abd if abd != 'none' else ''}", total=None, info="")
 

@@ -8,7 +8,7 @@ import typer
 
 from ..attacks import ATTACKS
 from ..data import DEFAULT_DATASET
-from .common import console, parse_settings, pct, progress_bar, split_names, user_errors
+from .common import console, parse_settings, pct, progress_bar, split_names, user_errors, writable_folder
 
 def reproduce_cmd(
     out: Annotated[Path, typer.Option(help="Results folder (re-running resumes it).")] = Path("results/reproduce"),
@@ -39,7 +39,7 @@ def reproduce_cmd(
 
     from ..data import dataset_info
     from ..distill import DISTILLERS
-    from ..reproduce import Plan, timed_run
+    from ..reproduce import Plan, check_base, timed_run
 
     with user_errors():
         attacks = ATTACKS.names() if attack == "all" else split_names(attack, ATTACKS)
@@ -62,6 +62,8 @@ def reproduce_cmd(
                     preset=preset, overrides=overrides, device=device, data_dir=data_dir,
                     sv=parse_settings(sv, "--sv"), sr=parse_settings(sr, "--sr"), jobs=jobs, base=base, base_cells=base_cells)
         build_defense("sv+sr", sv=plan.sv, sr=plan.sr)  # bad ABD settings fail before any work
+        check_base(plan)
+        writable_folder(out)
         command = "fedabd " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["reproduce"] else "fedabd reproduce ..."
         with progress_bar() as bar:
             jobs = bar.add_task("jobs", total=None, info="")

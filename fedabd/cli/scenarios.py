@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 import typer
 from rich.table import Table
 
-from .common import console, err, user_errors
+from .common import console, err, error_line, styled, user_errors
 
 app = typer.Typer(help="Shipped scenario files: list, show, validate.", no_args_is_help=True)
 
@@ -49,9 +49,9 @@ def scenarios_validate(paths: Annotated[Optional[list[str]], typer.Argument(help
     for item in paths or list(list_scenarios()):
         try:
             load_scenario(resolve_scenario(item))
-            console.print(f"[green]ok[/]      {item}")
+            console.print(styled("green", "ok      ", str(item)))
         except (ValueError, FileNotFoundError) as e:
             bad += 1
-            err.print(f"[red]invalid[/] {e}", highlight=False)
+            err.print(styled("red", "invalid ", error_line(e)), highlight=False, soft_wrap=True)
     if bad:
         raise typer.Exit(2)

@@ -1,7 +1,6 @@
 """``fedabd simulate``: a federated scenario with a live round table; ``--compare`` runs variants."""
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,9 +11,11 @@ from rich.live import Live
 from rich.table import Table
 
 from ..aggregators import aggregator_class
-from ..config import FIELDS, ConfigError, load_scenario
+from ..config import FIELDS, ConfigError, load_scenario, read_yaml
+from ..runfolder import RunFolderError, check_run_folder, config_differences, read_json
 from ..runs import compare_variants, comparison_table, describe, run_scenario, write_comparison
-from .common import ABD_HELP, console, err, parse_settings, pct, progress_bar, user_errors
+from ..supervise import Interrupted, run_supervised
+from .common import ABD_HELP, classify_error, console, parse_settings, pct, progress_bar, styled, user_errors
 
 def round_table(title: str) -> Table:
     return Table("round", "Acc %", "ASR %", "R-Acc %", "clients", "malicious", "excluded", "TPR / FPR %", "time s",
@@ -30,30 +31,71 @@ def add_round(table: Table, row: dict) -> None:
                   f"{row['seconds']:.0f}" if "seconds" in row else "-")
 
 
-def show_run(cfg, resume: bool = False, title: str = "") -> list[dict]:
-    """:func:`fedabd.runs.run_scenario` with a live round table and a distillation progress bar."""
+def run_in_child(cfg, resume: bool, title: str, overwrite: bool, emit) -> list[dict]:
+    """The run itself, in the supervised child process: rounds and progress go back through ``emit``."""
     from fedabd.server.simulation import simulate  # Flower lives in server/, imported only here
 
+    return run_scenario(cfg, simulate, resume=resume, title=title, overwrite=overwrite,
+                        on_round=lambda row: emit("round", row),
+                        progress=lambda step, total, row: emit("progress", step, total))
+
+
+def show_run(cfg, resume: bool = False, title: str = "", overwrite: bool = False) -> list[dict]:
+    """:func:`fedabd.runs.run_scenario` in a supervised child process (Ctrl-C stops it and every
+    process it started), with a live round table and a distillation progress bar."""
     title = title or describe(cfg)
     table, bar = round_table(title), progress_bar()
     distils = aggregator_class(cfg.aggregator).uses_defense
     task = bar.add_task("server distillation", total=None, info="", visible=distils)
     t0 = time.perf_counter()
+    done: list[int] = []
 
-    def on_round(row: dict) -> None:
-        add_round(table, row)
-        bar.reset(task, total=None, info="")
+    def on_event(kind: str, *payload) -> None:
+        if kind == "round":
+            add_round(table, payload[0])
+            done.append(payload[0]["round"])
+            bar.reset(task, total=None, info="")
+        else:
+            step, total = payload
+            bar.update(task, completed=step, total=total, info=f"{cfg.kd} iteration {step}/{total}")
 
-    def on_progress(step: int, total: int, row: dict) -> None:
-        bar.update(task, completed=step, total=total, info=f"{cfg.kd} iteration {step}/{total}")
-
-    with Live(Group(table, bar), console=console, refresh_per_second=4, redirect_stderr=False):
-        rows = run_scenario(cfg, simulate, resume=resume, on_round=on_round, progress=on_progress, title=title)
+    try:
+        with Live(Group(table, bar), console=console, refresh_per_second=4, redirect_stderr=False, transient=False):
+            rows = run_supervised(run_in_child, cfg, resume, title, overwrite, on_event=on_event,
+                                  classify=classify_error)
+    except Interrupted as e:
+        console.line()
+        saved = f"rounds up to {done[-1]} are saved" if done and done[-1] > 0 else "no round was completed"
+        console.print(styled("bold yellow", f"interrupted ({e}): ", f"{saved} in {cfg.out}/checkpoint; "
+                             f"continue with: fedabd simulate --resume {cfg.out}"))
+        raise typer.Exit(130) from None
+    console.line()
     last = rows[-1]
-    console.print(f"[bold]final global model[/] after round {last['round']}: Acc {pct(last['acc'])} %, "
-                  f"ASR {pct(last.get('asr'))} %  ({time.perf_counter() - t0:.0f} s)")
+    console.print(styled("bold", "final global model", f" after round {last['round']}: Acc {pct(last['acc'])} %, "
+                         f"ASR {pct(last.get('asr'))} %  ({time.perf_counter() - t0:.0f} s)"))
     console.print(f"run folder: {cfg.out}/ (config.json, metrics.csv/.jsonl/.json, global.safetensors, acc_asr.png, checkpoint/)")
     return rows
+
+
+def resumed_config(folder: Path, scenario: Optional[Path], flags: dict):
+    """The run in ``folder`` with its stored config, writing to ``folder`` itself (wherever it has
+    moved). Flags or a scenario given beside ``--resume`` must agree with the stored config: a key
+    that differs is refused, naming it."""
+    stored = read_json(folder / "config.json", "run config") if (folder / "config.json").is_file() else None
+    if stored is None:
+        raise RunFolderError(f"{folder}: no config.json: not a fedabd run folder")
+    cfg = load_scenario(None, {**stored, "out": str(folder)})
+    given = {k: v for k, v in flags.items() if v is not None}
+    if "out" in given and Path(given["out"]).resolve() != folder.resolve():
+        raise ConfigError(f"--out {given['out']} and --resume {folder} name different folders")
+    if scenario is not None or given:
+        asked = load_scenario(scenario, {**given, "out": str(folder)}).to_json()
+        keys = set(given) | (set(read_yaml(scenario)) if scenario is not None else set())
+        diff = [k for k in config_differences(cfg.to_json(), asked) if k in keys]
+        if diff:
+            raise ConfigError(f"--resume {folder}: its run was made with other settings: "
+                              + ", ".join(f"{k} {stored.get(k)!r} (asked: {asked[k]!r})" for k in diff))
+    return cfg
 
 
 def simulate_cmd(
@@ -83,31 +125,28 @@ def simulate_cmd(
     device: Annotated[Optional[str], typer.Option()] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any scenario key, key=value (repeatable).")] = None,
     compare: Annotated[Optional[str], typer.Option(help="Run the scenario under several aggregators, e.g. fedavg,distill,distill+abd.")] = None,
-    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder after its last completed round.")] = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue the run in this folder (wherever it is) after its last completed round.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Clear a run folder that holds another run, then run.")] = False,
 ) -> None:
     """Federated simulation (Flower) with malicious clients; Acc/ASR every round."""
     from ..scenario_files import resolve_scenario
 
     flags = {k: v for k, v in locals().items() if k in FIELDS}
-    try:
+    with user_errors():
         flags.update(parse_settings(set_, "--set"))
         if resume is not None:
-            if scenario is not None or any(v is not None for v in flags.values()):
-                raise ConfigError("--resume continues a run with its saved config; give no other scenario flags")
-            if not (resume / "config.json").exists():
-                raise ConfigError(f"{resume}: no config.json: not a fedabd run folder")
-            cfg = load_scenario(None, json.loads((resume / "config.json").read_text()))
+            if compare or overwrite:
+                raise ConfigError("--resume continues one run; it takes neither --compare nor --overwrite")
+            cfg = resumed_config(resume, resolve_scenario(scenario) if scenario else None, flags)
         else:
             cfg = load_scenario(resolve_scenario(scenario) if scenario else None, flags)
-        variants = compare_variants(cfg, compare) if compare and resume is None else None
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
-        raise typer.Exit(2) from None
-    with user_errors():
+        variants = compare_variants(cfg, compare) if compare else None
+        for v in (variants or {"": cfg}).values():  # every folder checked before the first run starts
+            check_run_folder(v.out, v.to_json(), resume=resume is not None, overwrite=overwrite)
         if variants is None:
-            show_run(cfg, resume=resume is not None)
+            show_run(cfg, resume=resume is not None, overwrite=overwrite)
             return
-        results = {name: show_run(v, title=f"{cfg.name}: {name}") for name, v in variants.items()}
+        results = {name: show_run(v, title=f"{cfg.name}: {name}", overwrite=overwrite) for name, v in variants.items()}
         headers, cells = comparison_table(results)
         table = Table(*headers, title=f"{cfg.name}: comparison")
         for row in cells:

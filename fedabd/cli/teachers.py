@@ -11,7 +11,7 @@ from rich.table import Table
 from ..attacks import ATTACKS
 from ..data import DEFAULT_DATASET, load_dataset
 from ..device import resolve_device
-from .common import console, parse_settings, pct, progress_bar, split_names, user_errors
+from .common import console, parse_settings, pct, progress_bar, split_names, user_errors, writable_folder
 
 def train_teacher_cmd(
     out: Annotated[Path, typer.Option(help="Output folder: one NAME.safetensors + NAME.json per teacher.")],
@@ -38,6 +38,7 @@ def train_teacher_cmd(
         dev = resolve_device(device)
         train = load_dataset(dataset, "train", data_dir, download)
         test = load_dataset(dataset, "test", data_dir, download)
+        writable_folder(out)
         cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size)
         rows = []
         with progress_bar() as bar:
