@@ -79,7 +79,7 @@ def main() -> None:
     warm = folder(args.out, "warmup")
     if not (warm / "global.safetensors").exists():  # only metrics and configs are kept in git
         print("warm-up: running", flush=True)
-        run_scenario(load_scenario(None, {**WARMUP, "name": "warmup", "out": str(warm)}), simulate_local)
+        run_scenario(load_scenario(None, {**WARMUP, "name": "warmup", "out": str(warm)}), simulate_local, overwrite=True)
     results = {}
     for cell, keys in cells().items():
         keys = {**keys, "initial_model": str(warm / "global.safetensors")}
@@ -87,7 +87,8 @@ def main() -> None:
         if not (run / "metrics.json").exists():
             t0 = time.perf_counter()
             print(f"{cell}: running", flush=True)
-            run_scenario(load_scenario(None, {**keys, "name": cell, "out": str(run)}), simulate_local)
+            # a cell without metrics.json did not finish: its folder is cleared and the cell runs again
+            run_scenario(load_scenario(None, {**keys, "name": cell, "out": str(run)}), simulate_local, overwrite=True)
             print(f"{cell}: {time.perf_counter() - t0:.0f} s", flush=True)
         results[cell] = summary(json.loads((run / "metrics.json").read_text()), BASE["attack_stop_round"])
     stop, last = BASE["attack_stop_round"], BASE["rounds"]
