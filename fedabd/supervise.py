@@ -89,6 +89,8 @@ def run_supervised(fn: Callable, *args, on_event: Callable[..., None] | None = N
     with their traceback. Raises :class:`Interrupted` on SIGINT / SIGTERM (the two signals then stay
     ignored: the caller is expected to report and exit) and :class:`ChildFailed` when the job raised
     or the child died."""
+    if os.name != "posix":  # pragma: no cover - no process groups: run here, Ctrl-C as Python handles it
+        return fn(*args, emit=lambda kind, *payload: on_event and on_event(kind, *payload), **kwargs)
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(theirs, os.getpid(), fn, args, kwargs, classify), daemon=False)
