@@ -54,7 +54,7 @@ def show_run(cfg, resume: bool = False, title: str = "", overwrite: bool = False
         if kind == "round":
             add_round(table, payload[0])
             done.append(payload[0]["round"])
-            bar.reset(task, total=None, info="")
+            bar.reset(task, total=None, info="", visible=distils and done[-1] < cfg.rounds)  # no bar left at the end
         else:
             step, total = payload
             bar.update(task, completed=step, total=total, info=f"{cfg.kd} iteration {step}/{total}")
