@@ -94,6 +94,18 @@ def test_margin_loss_on_known_logits():
     assert margin_loss(logits, 0, 4.0).item() == pytest.approx(5.0)
 
 
+def test_the_extra_triggered_batch_leaves_batch_norm_running_statistics_alone():
+    from fedabd.threats.kd_aware import running_stats_frozen
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)).train()
+    before = model[1].running_mean.clone()
+    with running_stats_frozen(model):
+        model(torch.rand(8, 1, 6, 6) * 5)
+    assert torch.equal(model[1].running_mean, before) and model[1].momentum == 0.1
+    model(torch.rand(8, 1, 6, 6) * 5)
+    assert not torch.equal(model[1].running_mean, before)  # outside, training updates them as usual
+
+
 def test_the_default_margin_outvotes_the_honest_teachers_in_the_mean_logits():
     gap, n, f = 6.0, 10, 3
     honest = torch.tensor([0.0, gap, 0.0])  # true class 1, `gap` above the target 0

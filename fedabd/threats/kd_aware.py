@@ -42,11 +42,14 @@ default margin) the number of clients per round and of colluding attackers. ``sc
 update on top as for plain poisoning (default 1: none). ``weight: 0`` runs the same schedule without
 the margin term (the ablation that separates the two). What it does not hide: its triggered logits
 are far larger than any honest model's, and the longer schedule makes its update about 2.5 times
-an honest one's norm (``scripts/kd_aware_probe.py``), which norm-based rules can see; with
-batch-norm models the triggered batch also enters the running statistics.
+an honest one's norm (``scripts/kd_aware_probe.py``), which norm-based rules can see. With
+batch-norm models the extra triggered batch is normalised by its own statistics but does not enter
+the running ones (:func:`running_stats_frozen`), so the noise images do not shift the model's
+clean-input statistics.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, replace
 from typing import Optional
 
@@ -83,6 +86,21 @@ class KDAwareSettings:
             raise ValueError(f"epochs must be >= 1, got {self.epochs}")
         if self.margin_lr is not None and not self.margin_lr > 0:
             raise ValueError(f"margin_lr must be > 0, got {self.margin_lr}")
+
+
+@contextlib.contextmanager
+def running_stats_frozen(model: torch.nn.Module):
+    """Batch-norm layers keep their running statistics through the forward passes inside (momentum
+    0; batch statistics still normalise in training mode)."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, saved):
+            m.momentum = momentum
 
 
 def margin_loss(logits: torch.Tensor, target: int, margin: float) -> torch.Tensor:
@@ -155,7 +173,8 @@ class KDAware(Threat):
 
         def objective(ce, m):
             triggered, own, labels = self.batch(clean, attack, g)
-            z = m(clean.info.normalize(torch.cat([triggered, own])).to(device)).float()
+            with running_stats_frozen(m):
+                z = m(clean.info.normalize(torch.cat([triggered, own])).to(device)).float()
             paired = F.cross_entropy(z[len(triggered):], labels.to(device)) if len(own) else z.new_zeros(())
             return ce + s.weight * (margin_loss(z[:len(triggered)], target, margin) + paired)
 
