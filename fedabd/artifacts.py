@@ -126,8 +126,10 @@ def read_metadata(path: str | Path) -> dict:
 
     try:
         text = read_text_limited(meta_path, METADATA_LIMIT)
-    except (OSError, ValueError) as e:
-        raise ModelFileError(f"{meta_path}: cannot read the metadata: {getattr(e, 'strerror', None) or e}") from None
+    except ValueError as e:  # names the file already
+        raise ModelFileError(f"{e} (metadata)") from None
+    except OSError as e:
+        raise ModelFileError(f"{meta_path}: cannot read the metadata: {e.strerror or e}") from None
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as e:

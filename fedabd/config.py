@@ -353,8 +353,10 @@ def read_yaml(path: str | Path) -> dict:
         data = yaml_load(read_text_limited(path))
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: malformed YAML: {one_line(e)}") from None
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"{path}: {getattr(e, 'strerror', None) or e}") from None
+    except ValueError as e:  # read_text_limited and the size checks name the file or the limit
+        raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: {e.strerror or e}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
