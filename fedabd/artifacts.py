@@ -18,6 +18,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .limits import read_text_limited
 from .attacks import Attack, attack_from_saved
 from .data import DatasetInfo
 from .models import MODELS, create_model
@@ -122,8 +123,6 @@ def read_metadata(path: str | Path) -> dict:
     _, meta_path = model_paths(path)
     if not meta_path.exists():
         raise ModelFileError(f"{meta_path}: metadata file not found (a model is NAME.safetensors + NAME.json)")
-    from .config import read_text_limited
-
     try:
         text = read_text_limited(meta_path, METADATA_LIMIT)
     except ValueError as e:  # names the file already

@@ -22,6 +22,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from .limits import read_text_limited
+
 LOCK = ".lock"
 
 
@@ -36,8 +38,6 @@ def config_differences(a: dict, b: dict, ignore: tuple[str, ...] = ("out",)) -> 
 
 def read_json(path: Path, what: str) -> dict:
     """A small JSON object from a regular file (a RunFolderError naming ``what`` otherwise)."""
-    from .config import read_text_limited
-
     try:
         data = json.loads(read_text_limited(path))
     except (OSError, ValueError) as e:
