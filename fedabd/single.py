@@ -56,6 +56,7 @@ def distill_files(teacher_paths: list[str | Path], method: str, student_arch: st
                                  overrides=overrides, device=dev, seed=seed, defense=defense, real_data=real_data,
                                  teacher_weights=teacher_weights, channels_last=channels_last, bf16=bf16)
     run = RunDir(out)
+    run.rewrite([])  # a distillation starts afresh: no rows left from an earlier or killed one
     config = {"method": method, "preset": preset, "config": asdict(distiller.cfg), "student": student_arch,
               "teachers": [str(t.path) for t in teachers], "teacher_metrics": [t.meta["metrics"] for t in teachers],
               "defense": defense_name, "defense_config": getattr(defense, "config_json", lambda: {})(),

@@ -89,6 +89,18 @@ def test_an_out_that_is_a_file_and_paths_with_markup_print_literally(tmp_path):
         assert res.exit_code == 2 and f"{odd / 's.yaml'}: clients: must be >= 1" in res.output
 
 
+def test_a_distillation_into_a_used_folder_keeps_only_its_own_rows(tmp_path, teacher_dir):
+    args = ("distill", "--teacher", teacher_dir / "clean.safetensors", "--kd", "zskt", "--out", tmp_path / "d",
+            "--set", "pseudo_batches=2", "--set", "batch_size=16", "--set", "student_steps_per_pb=1",
+            "--eval-every", "1", "--device", "cpu")
+    rows = []
+    for _ in range(2):
+        res = invoke(*args)
+        assert res.exit_code == 0, res.output
+        rows.append((tmp_path / "d" / "metrics.jsonl").read_text().splitlines())
+    assert len(rows[1]) == len(rows[0]) > 0  # the second run's log is not appended to the first's
+
+
 def test_pickled_model_is_refused(tmp_path, teacher_dir):
     import torch
 
