@@ -18,9 +18,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from .limits import read_text_limited
 from .attacks import Attack, attack_from_saved
 from .data import DatasetInfo
+from .limits import read_text_limited
 from .models import MODELS, create_model
 
 FORMAT = "fedabd-model"

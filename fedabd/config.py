@@ -111,6 +111,11 @@ class ScenarioConfig:
         return len(self.malicious_ids) if self.malicious_ids is not None else self.malicious
 
     @property
+    def per_round(self) -> int:
+        """How many clients a round samples: ``fraction`` of ``clients``, at least one."""
+        return max(int(self.clients * self.fraction), 1)
+
+    @property
     def global_arch(self) -> str:
         """The global model's architecture (the student when the aggregator distils)."""
         from .aggregators import aggregator_class
@@ -196,9 +201,8 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
             raise bad(key, f"must be > 0, got {getattr(cfg, key)}")
     if not 0 <= cfg.seed < 2**63:
         raise bad("seed", f"must be between 0 and 2**63 - 1, got {cfg.seed}")
-    per_round = max(int(cfg.clients * cfg.fraction), 1)
-    if cfg.min_clients > per_round:
-        raise bad("min_clients", f"{cfg.min_clients} is more than the {per_round} client(s) a round samples "
+    if cfg.min_clients > cfg.per_round:
+        raise bad("min_clients", f"{cfg.min_clients} is more than the {cfg.per_round} client(s) a round samples "
                                  f"(clients {cfg.clients} x fraction {cfg.fraction})")
     try:
         from .device import resolve_device

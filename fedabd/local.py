@@ -21,7 +21,7 @@ from .engine import RoundEngine
 
 def sampled_clients(cfg: ScenarioConfig, rnd: int) -> list[int]:
     """The clients that train in round ``rnd``: ``fraction`` of them (at least one), seeded."""
-    num = max(int(cfg.clients * cfg.fraction), 1)
+    num = cfg.per_round
     if num >= cfg.clients:
         return list(range(cfg.clients))
     rng = np.random.default_rng(fed.derive_seed(cfg.seed, rnd, 5))

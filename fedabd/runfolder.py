@@ -84,12 +84,16 @@ def _clear(out: Path) -> None:
             p.unlink()
 
 
+def _not_a_file(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out}: exists and is not a folder")
+
+
 def check_run_folder(out: str | Path, config: dict, resume: bool = False, overwrite: bool = False) -> list[str]:
     """What :func:`own_run_folder` would refuse, checked without taking or changing anything (e.g.
     for every variant of a comparison before the first runs); returns the entries a new run clears."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"{out}: exists and is not a folder")
+    _not_a_file(out)
     if resume:
         if not (out / "config.json").is_file():
             raise RunFolderError(f"{out}: no config.json: not a fedabd run folder")
@@ -114,8 +118,7 @@ def own_run_folder(out: str | Path, config: dict, resume: bool = False, overwrit
     """Hold ``out`` for one run (see the module docstring); yields the folder. A lock held by
     another process is waited for up to ``wait`` seconds (a killed run's last processes exiting)."""
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise RunFolderError(f"{out}: exists and is not a folder")
+    _not_a_file(out)  # before mkdir, which would report it less clearly
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock = _lock(out, wait)

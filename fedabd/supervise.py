@@ -94,12 +94,16 @@ def run_supervised(fn: Callable, *args, on_event: Callable[..., None] | None = N
     ctx = multiprocessing.get_context("spawn")
     ours, theirs = ctx.Pipe(duplex=False)
     child = ctx.Process(target=_child, args=(theirs, os.getpid(), fn, args, kwargs, classify), daemon=False)
+
     def on_signal(signum, frame):
         for sig in previous:  # a second signal (a shell forwarding the first) must not cut the clean-up short
             signal.signal(sig, signal.SIG_IGN)
         raise Interrupted(signum)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    def died() -> ChildFailed:
+        return ChildFailed(1, f"the run's process ended unexpectedly (exit code {child.exitcode})")
+
     try:
         child.start()
         theirs.close()
@@ -107,11 +111,11 @@ def run_supervised(fn: Callable, *args, on_event: Callable[..., None] | None = N
             try:
                 if not ours.poll(0.2):
                     if not child.is_alive() and not ours.poll(0):
-                        raise ChildFailed(1, f"the run's process ended unexpectedly (exit code {child.exitcode})")
+                        raise died()
                     continue
                 message = ours.recv()
             except EOFError:
-                raise ChildFailed(1, f"the run's process ended unexpectedly (exit code {child.exitcode})") from None
+                raise died() from None
             if message[0] == "event":
                 if on_event is not None:
                     on_event(message[1], *message[2])

@@ -2,7 +2,9 @@
 the threats table's warm-up model, every client's model measured alone, and the teachers' mean
 logits (what the server's student learns from) measured as a model.
 
-    python scripts/kd_aware_probe.py [--out results/threats]
+    OMP_NUM_THREADS=1 python scripts/kd_aware_probe.py [--out results/threats]
+
+(the recorded output used one torch thread; two give slightly different numbers: float summation order)
 
 For each threat (plain poisoning; the KD-aware attacker; its schedule without the margin term) it
 prints, per client, clean Acc, ASR, the update's L2 norm (learnable weights) and the mean largest
@@ -14,10 +16,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from fedabd.aggregators.base import weight_keys
+from fedabd.aggregators.base import weight_keys, weight_vector
 from fedabd.config import load_scenario
 from fedabd.data import to_float
 from fedabd.federated import dataset_split, local_update, scenario_attack
@@ -37,10 +40,11 @@ def main() -> None:
     args = ap.parse_args()
     warm = args.out / "runs" / "warmup" / "global.safetensors"
     start = load_file(str(warm))
-    for name, keys in ROWS.items():
+    keys = weight_keys(start)
+    for name, spec in ROWS.items():
         cfg = load_scenario(None, {"dataset": "mnist_subset", "clients": 10, "malicious_ids": MALICIOUS,
                                    "attack": "badnet_grid", "poison_rate": 0.3, "local_epochs": 5, "seed": 0,
-                                   "device": "cpu", "aggregator": "fedavg", **keys})
+                                   "device": "cpu", "aggregator": "fedavg", **spec})
         test = dataset_split(cfg, "test")
         trigger = scenario_attack(cfg, test.info)
         others = test.images[test.labels != trigger.target][:1000]
@@ -54,7 +58,7 @@ def main() -> None:
             model.load_state_dict(up.state)
             model.eval()
             models.append(model)
-            norm = torch.sqrt(sum(((up.state[k] - start[k]).double() ** 2).sum() for k in weight_keys(start)))
+            norm = np.linalg.norm(weight_vector(up.state, keys) - weight_vector(start, keys))
             with torch.no_grad():
                 size = [model(x).abs().max(1).values.mean().item() for x in (clean_x, trig_x)]
             e = evaluate(model, test, trigger)

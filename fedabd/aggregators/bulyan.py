@@ -68,10 +68,9 @@ class Bulyan(Aggregator):
     @classmethod
     def check(cls, cfg) -> None:
         f = _byzantine(cls.settings_from(cfg), cfg)
-        per_round = max(int(cfg.clients * cfg.fraction), 1)
-        if per_round < 4 * f + 3:
+        if cfg.per_round < 4 * f + 3:
             raise ValueError(f"bulyan needs at least 4f + 3 = {4 * f + 3} clients per round (f = {f}); "
-                             f"the scenario samples {per_round}")
+                             f"the scenario samples {cfg.per_round}")
 
     def aggregate(self, rnd, uploads, global_state) -> Aggregate:
         f = _byzantine(self.settings, self.cfg)

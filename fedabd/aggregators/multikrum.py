@@ -48,7 +48,7 @@ class MultiKrum(Aggregator):
     def aggregate(self, rnd, uploads, global_state) -> Aggregate:
         s, cfg = self.settings, self.cfg
         f = s.byzantine if s.byzantine is not None else cfg.attackers
-        m = s.select if s.select is not None else max(1, int(cfg.clients * cfg.fraction) - f)
+        m = s.select if s.select is not None else max(1, cfg.per_round - f)
         flat = stacked_states(uploads)
         chosen = [uploads[i] for i in multikrum_select(flat, f, m)]
         state = weighted_mean([u.state for u in chosen], sample_weights(chosen))

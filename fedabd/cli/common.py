@@ -6,16 +6,18 @@ import tempfile
 from pathlib import Path
 
 import typer
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.text import Text
 
 from ..artifacts import ModelFileError
+from ..config import ConfigError, one_line, yaml_load
 from ..data import DatasetUnavailableError
 from ..engine import RoundFailed
 from ..registry import UnknownNameError
-from ..supervise import ChildFailed
 from ..runs import pct
+from ..supervise import ChildFailed
 
 # markup off: user strings (names, paths, messages) print literally; styles come as Text objects
 console = Console(markup=False)
@@ -26,8 +28,8 @@ USER_ERRORS = (ModelFileError, DatasetUnavailableError, UnknownNameError, ValueE
 RUN_ERRORS = (RoundFailed, OSError)
 ABD_HELP = "ABD defence: bare --abd = SV + SR; or sv | sr | sv+sr | none."
 
-__all__ = ["ABD_HELP", "classify_error", "console", "err", "error_line", "parse_settings", "pct", "progress_bar", "split_names", "styled",
-           "user_errors", "writable_folder"]
+__all__ = ["ABD_HELP", "classify_error", "console", "err", "error_line", "parse_settings", "pct", "progress_bar",
+           "split_names", "styled", "user_errors", "writable_folder"]
 
 
 def styled(style: str, label: str, message: str = "") -> Text:
@@ -39,7 +41,7 @@ def error_line(e: BaseException) -> str:
     """An exception as one line: its message, or for an OSError the cause and the file."""
     if isinstance(e, OSError) and e.strerror:
         return f"{e.filename}: {e.strerror}" if e.filename else e.strerror
-    return " ".join(str(e).split()) or type(e).__name__
+    return one_line(e) or type(e).__name__
 
 
 def classify_error(e: BaseException) -> tuple[int, str] | None:
@@ -59,13 +61,13 @@ def user_errors():
     code 1. No traceback either way."""
     try:
         yield
-    except ChildFailed as e:  # a supervised job's error, already classified in its process
-        if e.detail:
-            err.print(e.detail, highlight=False)
-        err.print(styled("bold red", "error: " if e.code == 2 else "run failed: ", e.line), highlight=False, soft_wrap=True)
-        raise typer.Exit(e.code) from None
-    except (*USER_ERRORS, *RUN_ERRORS) as e:
-        code, line = classify_error(e)
+    except (ChildFailed, *USER_ERRORS, *RUN_ERRORS) as e:
+        if isinstance(e, ChildFailed):  # a supervised job's error, already classified in its process
+            if e.detail:
+                err.print(e.detail, highlight=False)
+            code, line = e.code, e.line
+        else:
+            code, line = classify_error(e)
         err.print(styled("bold red", "error: " if code == 2 else "run failed: ", line), highlight=False, soft_wrap=True)
         raise typer.Exit(code) from None
     except KeyboardInterrupt:  # commands that run in this process (train-teacher, distill, reproduce)
@@ -105,10 +107,6 @@ def split_names(value: str, registry, extra: tuple[str, ...] = ()) -> list[str]:
 
 def parse_settings(values: list[str] | None, what: str) -> dict:
     """``key=value`` pairs (values parsed as YAML scalars) -> dict."""
-    import yaml
-
-    from ..config import ConfigError, one_line, yaml_load
-
     out = {}
     for item in values or []:
         if "=" not in item:

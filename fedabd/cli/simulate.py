@@ -81,9 +81,9 @@ def resumed_config(folder: Path, scenario: Optional[Path], flags: dict):
     """The run in ``folder`` with its stored config, writing to ``folder`` itself (wherever it has
     moved). Flags or a scenario given beside ``--resume`` must agree with the stored config: a key
     that differs is refused, naming it."""
-    stored = read_json(folder / "config.json", "run config") if (folder / "config.json").is_file() else None
-    if stored is None:
+    if not (folder / "config.json").is_file():
         raise RunFolderError(f"{folder}: no config.json: not a fedabd run folder")
+    stored = read_json(folder / "config.json", "run config")
     cfg = load_scenario(None, {**stored, "out": str(folder)})
     given = {k: v for k, v in flags.items() if v is not None}
     if "out" in given and Path(given["out"]).resolve() != folder.resolve():

@@ -59,7 +59,7 @@ class ConstrainAndScale(Threat):
         return ClipSettings().norm_bound
 
     def gamma(self) -> float:
-        return self.settings.gamma if self.settings.gamma is not None else max(int(self.cfg.clients * self.cfg.fraction), 1)
+        return self.settings.gamma if self.settings.gamma is not None else self.cfg.per_round
 
     def train(self, model, data, clean, train_cfg, device, seed, start) -> dict:
         from ..train import train_classifier

@@ -143,9 +143,9 @@ class KDAware(Threat):
     def margin(self, model, clean, target: int, device) -> float:
         if self.settings.margin is not None:
             return self.settings.margin
-        per_round = max(int(self.cfg.clients * self.cfg.fraction), 1)
-        attackers = min(self.cfg.attackers, per_round)
-        return outvote_margin(target_gap(model, clean, target, device), attackers, per_round, self.settings.safety)
+        attackers = min(self.cfg.attackers, self.cfg.per_round)
+        return outvote_margin(target_gap(model, clean, target, device), attackers, self.cfg.per_round,
+                              self.settings.safety)
 
     def batch(self, clean, attack, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``batch_size`` triggered float images (the attacker's own non-target images and noise),
