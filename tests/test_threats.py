@@ -94,6 +94,17 @@ def test_margin_loss_on_known_logits():
     assert margin_loss(logits, 0, 4.0).item() == pytest.approx(5.0)
 
 
+def test_an_attacker_holding_only_target_class_images_triggers_noise_alone():
+    from fedabd.data import ImageSet
+
+    cfg = scenario(threat="kd_aware", attack="badnet_grid")
+    threat = create_threat(cfg)
+    trigger = fed.scenario_attack(cfg, INFO)
+    only_target = ImageSet(torch.zeros(6, *INFO.shape, dtype=torch.uint8), torch.full((6,), trigger.target), INFO)
+    triggered, own, labels = threat.batch(only_target, trigger, torch.Generator().manual_seed(0))
+    assert triggered.shape == (threat.settings.batch_size, *INFO.shape) and len(own) == len(labels) == 0
+
+
 def test_the_extra_triggered_batch_leaves_batch_norm_running_statistics_alone():
     from fedabd.threats.kd_aware import running_stats_frozen
 

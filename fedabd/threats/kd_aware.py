@@ -155,7 +155,7 @@ class KDAware(Threat):
         s = self.settings
         pool = (clean.labels != attack.target).nonzero().squeeze(1)
         n_own = s.batch_size - int(round(s.surrogate_share * s.batch_size)) if len(pool) else 0
-        idx = pool[torch.randint(len(pool), (n_own,), generator=g)]
+        idx = pool[torch.randint(len(pool), (n_own,), generator=g)] if n_own else pool[:0]  # only-target data: noise
         own = to_float(clean.images[idx])
         c, h, w = clean.images.shape[1:]
         noise = torch.rand(s.batch_size - n_own, c, h, w, generator=g) * torch.rand(s.batch_size - n_own, 1, 1, 1, generator=g)
