@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import statistics
 import time
 from collections.abc import Callable
@@ -129,19 +128,14 @@ def _datasets(name: str, data_dir: str | None):
     return load_dataset(name, "train", data_dir), load_dataset(name, "test", data_dir)
 
 
-def run_job(plan: Plan, job: Job, progress=None, threads: int = 0) -> None:
-    """One cell of the table: train the teacher if its file is missing, then distil it.
-    ``threads > 0`` sets torch's intra-op threads (parallel workers share the cores)."""
-    import torch
-
+def run_job(plan: Plan, job: Job, progress=None) -> None:
+    """One cell of the table: train the teacher if its file is missing, then distil it."""
     from .artifacts import model_paths
     from .defenses import build_defense
     from .single import distill_files
     from .teachers import train_teacher
     from .train import TrainConfig
 
-    if threads > 0:
-        torch.set_num_threads(threads)
     seed, attack, kd, defense = job
     target = job_dir(plan, seed, attack, kd, defense)
     if _done(target):
@@ -167,10 +161,8 @@ def _run_all(plan: Plan, jobs: list[Job], on_done: Callable[[Job], None], notify
             run_job(plan, job, progress)
             on_done(job)
         return
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from .pool import run_jobs
 
-    threads = max(1, (os.cpu_count() or 1) // plan.jobs)
     # a teacher is trained by the first job that needs it: one job per teacher first, then the rest
     first, seen = [], set()
     for job in todo:
@@ -179,18 +171,16 @@ def _run_all(plan: Plan, jobs: list[Job], on_done: Callable[[Job], None], notify
             first.append(job)
     rest = [j for j in todo if j not in first]
     done = 0
-    with ProcessPoolExecutor(plan.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        for batch in (first, rest):
-            running = {pool.submit(run_job, plan, job, None, threads): job for job in batch}
-            while running:
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for fut in finished:
-                    job = running.pop(fut)
-                    fut.result()  # a failed job stops the reproduction (finished jobs stay done)
-                    done += 1
-                    if notify:
-                        notify(f"done: {_job_name(job)}", done + 1, len(todo) + 1)
-                    on_done(job)
+
+    def finished(job: Job, _result) -> None:
+        nonlocal done
+        done += 1
+        if notify:
+            notify(f"done: {_job_name(job)}", done + 1, len(todo) + 1)
+        on_done(job)
+
+    for batch in (first, rest):  # a failed job stops the reproduction (finished jobs stay done)
+        run_jobs(functools.partial(run_job, plan), batch, plan.jobs, finished)
 
 
 def run_plan(plan: Plan, notify: Notify | None = None, progress=None,

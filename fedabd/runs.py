@@ -82,15 +82,24 @@ def compare_variants(cfg: ScenarioConfig, names: str) -> dict[str, ScenarioConfi
     if not listed:
         raise ValueError(f"--compare: no aggregator named in {names!r}; e.g. --compare fedavg,distill+abd")
     for name in listed:
-        parts = name.split("+")
-        defence = []
-        while len(parts) > 1 and parts[-1] in ("abd", "sv", "sr"):
-            defence.insert(0, parts.pop())
-        over = {"aggregator": "+".join(parts),
-                "abd": "sv+sr" if "abd" in defence else ("+".join(defence) or "none"),
-                "out": str(Path(cfg.out) / name.replace("+", "_"))}
+        over = {**variant_keys(name), "out": str(Path(cfg.out) / folder_name(name))}
         variants[name] = validate(replace(cfg, **over), f"--compare {name}")
     return variants
+
+
+def variant_keys(name: str) -> dict:
+    """``"flame+distill+abd"`` -> ``{"aggregator": "flame+distill", "abd": "sv+sr"}``: an aggregator
+    or a composition, then an optional ABD part (``+abd`` = SV + SR, ``+sv`` / ``+sr`` one of them;
+    none: no defence)."""
+    parts = name.split("+")
+    defence: list[str] = []
+    while len(parts) > 1 and parts[-1] in ("abd", "sv", "sr"):
+        defence.insert(0, parts.pop())
+    return {"aggregator": "+".join(parts), "abd": "sv+sr" if "abd" in defence else ("+".join(defence) or "none")}
+
+
+def folder_name(name: str) -> str:
+    return name.replace("+", "_")
 
 
 def comparison_table(results: dict[str, list[dict]]) -> tuple[list[str], list[list[str]]]:

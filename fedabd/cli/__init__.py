@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from . import distill, evaluate, reproduce, scenarios, simulate, teachers
+from . import bench, distill, evaluate, reproduce, scenarios, simulate, teachers
 from .common import console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -17,6 +17,7 @@ app.command("train-teacher")(teachers.train_teacher_cmd)
 app.command("distill")(distill.distill_cmd)
 app.command("simulate")(simulate.simulate_cmd)
 app.command("reproduce")(reproduce.reproduce_cmd)
+app.command("bench")(bench.bench_cmd)
 app.command("evaluate")(evaluate.evaluate_cmd)
 app.add_typer(scenarios.app, name="scenarios")
 
