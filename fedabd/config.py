@@ -94,6 +94,7 @@ class ScenarioConfig:
     sr: dict = field(default_factory=dict)  # Self-Retrospection settings
     student: str = "lenet5"
     weight_by_samples: bool = True
+    ensemble_rule: Literal["logit_mean", "norm_mean", "norm_median"] = "norm_median"  # how the teachers' logits combine
     # validation of uploads
     max_weight_abs: float = 1e4
     # run

@@ -8,7 +8,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -170,6 +170,10 @@ class Upload:
     state: StateDict
     num_examples: int
     metrics: dict = field(default_factory=dict)
+    trust: float = 1.0  # a screening rule's weight factor in [0, 1] (1: untouched)
+
+    def with_trust(self, factor: float) -> "Upload":
+        return replace(self, trust=self.trust * factor)
 
 
 def validate_upload(cfg: ScenarioConfig, info: DatasetInfo, up: Upload) -> str | None:

@@ -7,7 +7,17 @@ from fedabd.data import DatasetInfo, ImageSet
 
 os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
 os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
-torch.set_num_threads(min(2, torch.get_num_threads()))
+# under pytest-xdist (the README's test command) each worker takes one core's worth of threads
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+# Tests that start Ray (Flower's simulation engine) run one after another on one xdist worker
+RAY_FILES = {"test_simulation.py", "test_faults.py", "test_deployment.py", "test_supervise.py"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in RAY_FILES or item.get_closest_marker("ray"):
+            item.add_marker(pytest.mark.xdist_group("ray"))
 
 MNIST_LIKE = DatasetInfo("mnist_subset", 10, 1, 28, (0.1307,), (0.3081,))
 

@@ -134,6 +134,7 @@ class TakeTheFirst(Aggregator):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 def test_a_toy_aggregator_defined_here_runs_a_flower_round(tmp_path):
     from fedabd.server.simulation import simulate
 

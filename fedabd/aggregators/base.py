@@ -40,6 +40,7 @@ class Aggregate:
     state: "StateDict"
     selected: list[int]
     info: dict = field(default_factory=dict)
+    weights: dict[int, float] | None = None  # a screening rule's weight factor per selected client
 
 
 class Aggregator:
@@ -97,9 +98,11 @@ def create_aggregator(cfg: "ScenarioConfig", info: "DatasetInfo", device: torch.
 
 
 def sample_weights(uploads: Sequence["Upload"]) -> list[float]:
-    """Each upload's share of the total declared sample count (FedAvg's weighting)."""
-    total = float(sum(u.num_examples for u in uploads))
-    return [u.num_examples / total for u in uploads]
+    """Each upload's share of the total declared sample count (FedAvg's weighting), each count
+    times the upload's screening ``trust`` (1 unless a screening rule came first)."""
+    counts = [u.num_examples * u.trust for u in uploads]
+    total = float(sum(counts))
+    return [c / total for c in counts]
 
 
 def weighted_mean(states: Sequence["StateDict"], weights: Sequence[float]) -> "StateDict":

@@ -2,8 +2,8 @@
 uploads it admitted.
 
 Every part but the last must filter whole clients (``filters``: flame, foolsgold, multikrum,
-bulyan); the last is any aggregator. Each filter sees the uploads the previous one admitted and only
-its choice of clients is used (FLAME's clipping and noise, for example, are not applied to what the
+bulyan, screen); the last is any aggregator. Each filter sees the uploads the previous one admitted and only
+its choice of clients (and a screening rule's weight per client, ``Upload.trust``) is used (FLAME's clipping and noise, for example, are not applied to what the
 last part produces). The last part's model is the round's global model, so ``flame+distill`` distils
 FLAME's admitted teachers (with the scenario's ``abd`` defence, as plain ``distill`` does).
 
@@ -82,8 +82,8 @@ class Composite(Aggregator):
                 break
             chosen = rule.aggregate(rnd, uploads, global_state)
             info[part] = chosen.info
-            keep = set(chosen.selected)
-            uploads = [u for u in uploads if u.pid in keep]
+            keep, factors = set(chosen.selected), chosen.weights or {}
+            uploads = [u.with_trust(factors.get(u.pid, 1.0)) for u in uploads if u.pid in keep]
         if not uploads:
             return Aggregate(global_state, [], dict(info, skipped="the filters admitted no client"))
         final = self.rules[-1].aggregate(rnd, uploads, global_state)

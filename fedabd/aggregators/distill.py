@@ -1,7 +1,10 @@
 """Data-free ensemble distillation: the client models are the teachers of the global student,
 warm-started from the current one; the scenario's ``kd`` method runs with its ``abd`` defence.
 
-The teachers' ensemble weights are their declared sample counts (``weight_by_samples``), else equal.
+The teachers' ensemble weights are their declared sample counts (``weight_by_samples``), else equal;
+their logits are combined by ``ensemble_rule`` (:mod:`fedabd.models.ensemble`; the default
+``norm_median`` lets no teacher steer the target by the size of its logits, ``logit_mean`` is the
+usual average).
 """
 from __future__ import annotations
 
@@ -39,12 +42,13 @@ class Distill(Aggregator):
                                image_size=info.image_size)
         if global_state is not None:
             student.load_state_dict(global_state)
-        weights = [float(u.num_examples) for u in uploads] if cfg.weight_by_samples else None
+        weights = ([float(u.num_examples) * u.trust for u in uploads] if cfg.weight_by_samples else
+                   [u.trust for u in uploads] if any(u.trust != 1.0 for u in uploads) else None)
         seed = derive_seed(cfg.seed, rnd, 99)
         torch.manual_seed(seed)
         channels_last, bf16 = speed_switches([*teachers, student], self.device)
         distiller = create_distiller(cfg.kd, teachers, student, info, preset=cfg.kd_preset, overrides=cfg.kd_overrides,
-                                     device=self.device, seed=seed, teacher_weights=weights,
+                                     device=self.device, seed=seed, teacher_weights=weights, ensemble_rule=cfg.ensemble_rule,
                                      defense=build_defense(cfg.abd, sv=cfg.sv, sr=cfg.sr),
                                      channels_last=channels_last, bf16=bf16)
         result = distiller.run(progress=self.progress)

@@ -67,7 +67,7 @@ def show_run(cfg, resume: bool = False, title: str = "", overwrite: bool = False
         console.line()
         saved = f"rounds up to {done[-1]} are saved" if done and done[-1] > 0 else "no round was completed"
         console.print(styled("bold yellow", f"interrupted ({e}): ", f"{saved} in {cfg.out}/checkpoint; "
-                             f"continue with: fedabd simulate --resume {cfg.out}"))
+                             f"continue with: fedabd simulate --resume {cfg.out}"), soft_wrap=True)  # one line: copyable
         raise typer.Exit(130) from None
     console.line()
     last = rows[-1]

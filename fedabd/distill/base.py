@@ -141,11 +141,11 @@ class Distiller:
     def __init__(self, teacher: nn.Module | list[nn.Module], student: nn.Module, info: DatasetInfo, cfg,
                  device: torch.device | str = "cpu", seed: int = 0, defense: Defense | None = None,
                  real_data: ImageSet | None = None, teacher_weights: list[float] | None = None,
-                 channels_last: bool = False, bf16: bool = False) -> None:
+                 channels_last: bool = False, bf16: bool = False, ensemble_rule: str = "logit_mean") -> None:
         self.device = torch.device(device)
         members = teacher if isinstance(teacher, (list, tuple)) else [teacher]
         self.teacher = (members[0] if len(members) == 1 and teacher_weights is None else
-                        Ensemble(list(members), teacher_weights))
+                        Ensemble(list(members), teacher_weights, combine=ensemble_rule))
         freeze(self.teacher).to(self.device)
         self.student = student.to(self.device)
         self.info = info

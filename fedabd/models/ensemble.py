@@ -1,7 +1,23 @@
-"""Frozen teachers: one model or an ensemble of K models (mean logits, optional weights).
+"""Frozen teachers: one model or an ensemble of K models, their logits combined by a rule.
 
 Same-architecture members run as ONE batched call (torch.func.stack_module_state +
 functional_call + vmap) instead of a Python loop; mixed architectures fall back to a loop.
+
+How the members' logits ``z_k`` (per sample, C classes) become the ensemble's (:data:`COMBINE`):
+
+- ``logit_mean``: ``sum_k w_k z_k`` (the usual ensemble distillation target). One member with
+  logits far larger than the others' (a boosted or KD-aware upload: 60-80x in results/threats)
+  decides the target alone.
+- ``norm_mean``: every member's logits standardised per sample, ``(z_k - mean_c z_k) / std_c z_k``,
+  then averaged with the weights and rescaled by the median over members of ``std_c z_k``: no member
+  counts more because its logits are larger, and the target keeps the members' typical scale (so
+  a distillation temperature means what it did).
+- ``norm_median``: as ``norm_mean`` but the coordinate-wise weighted median over members (the
+  lower median, as ``torch.median``, for equal weights) instead of the weighted mean, and the
+  weighted median of the stds as the scale: members holding less than half the weight, whatever
+  their logits, cannot move the target beyond the other members' range.
+
+For one member every rule gives ``z - mean_c z``, whose softmax is the member's own.
 """
 from __future__ import annotations
 
@@ -20,8 +36,40 @@ def freeze(model: nn.Module) -> nn.Module:
     return model
 
 
+COMBINE = ("logit_mean", "norm_mean", "norm_median")
+
+
+def combine_logits(logits: torch.Tensor, weights: torch.Tensor, rule: str = "logit_mean") -> torch.Tensor:
+    """Members' logits ``(K, B, C)`` -> the ensemble's ``(B, C)`` by ``rule`` (see the module docstring);
+    ``weights`` (K,) sum to one."""
+    w = weights.to(logits.dtype)
+    if rule == "logit_mean":
+        return torch.einsum("k,kbc->bc", w, logits)
+    if rule not in COMBINE:
+        raise ValueError(f"unknown ensemble rule {rule!r}; one of {', '.join(COMBINE)}")
+    centred = logits - logits.mean(dim=2, keepdim=True)
+    std = centred.pow(2).mean(dim=2, keepdim=True).clamp_min(1e-12).sqrt()  # (K, B, 1)
+    z = centred / std
+    scale = weighted_median(std, w)  # (B, 1)
+    if rule == "norm_mean":
+        return torch.einsum("k,kbc->bc", w, z) * scale
+    return weighted_median(z, w) * scale
+
+
+def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Per coordinate over dim 0: the smallest value whose cumulative weight reaches half the
+    total (``torch.median``'s lower median for equal weights); the gradient reaches that value."""
+    ordered, idx = values.sort(dim=0)
+    w = weights.to(values.dtype).view(-1, *([1] * (values.dim() - 1))).expand_as(values)
+    cum = w.gather(0, idx).cumsum(0)
+    pos = (cum < 0.5 * w.sum(0, keepdim=True) - 1e-9).sum(0, keepdim=True).clamp_max(values.shape[0] - 1)
+    return ordered.gather(0, pos).squeeze(0)
+
+
 class Ensemble(nn.Module):
-    """Mean (or weighted mean) of the members' logits. Members are frozen.
+    """The members' logits combined by ``combine`` (:data:`COMBINE`; weights apply to the means).
+    Members are frozen. ``group`` > 1: consecutive runs of ``group`` members are one member's copies
+    (SV's shuffled teachers): their logits are averaged first, then the groups combined.
 
     ``forward(x, return_features=True)`` returns ``(logits, per_member_features)`` where
     ``per_member_features[k]`` is member k's feature-map list (channels of different members do
@@ -29,10 +77,15 @@ class Ensemble(nn.Module):
     """
 
     def __init__(self, members: list[nn.Module], weights: list[float] | torch.Tensor | None = None,
-                 batched: bool | None = None) -> None:
+                 batched: bool | None = None, combine: str = "logit_mean", group: int = 1) -> None:
         super().__init__()
         if not members:
             raise ValueError("an ensemble needs at least one model")
+        if combine not in COMBINE:
+            raise ValueError(f"unknown ensemble rule {combine!r}; one of {', '.join(COMBINE)}")
+        if group < 1 or len(members) % group:
+            raise ValueError(f"{len(members)} members do not split into groups of {group}")
+        self.combine, self.group = combine, group
         self.members = nn.ModuleList(freeze(m) for m in members)
         w = torch.ones(len(members)) if weights is None else torch.as_tensor(weights, dtype=torch.float32)
         if w.shape != (len(members),) or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
@@ -85,5 +138,12 @@ class Ensemble(nn.Module):
             return self.members[0](x, return_features=return_features)
         out = self.member_logits(x, return_features)
         logits, feats = out if return_features else (out, None)
-        mean = torch.einsum("k,kbc->bc", self.weights.to(logits.dtype), logits)
-        return (mean, feats) if return_features else mean
+        w = self.weights
+        if self.group > 1:  # each member's copies: their weighted mean, then the groups combined
+            k, g = len(self.members) // self.group, self.group
+            wg = w.view(k, g)
+            logits = torch.einsum("kg,kgbc->kbc", (wg / wg.sum(1, keepdim=True)).to(logits.dtype),
+                                  logits.view(k, g, *logits.shape[1:]))
+            w = wg.sum(1)
+        combined = combine_logits(logits, w, self.combine)
+        return (combined, feats) if return_features else combined

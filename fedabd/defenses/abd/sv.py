@@ -174,15 +174,16 @@ def shuffled_copy(model: nn.Module, layers: list[str], generator: torch.Generato
 def build_shuffled_teacher(teacher: nn.Module, k: int, n: int, generator: torch.Generator) -> tuple[Ensemble, list[str]]:
     """T~: k shuffled copies of the teacher (of every member of an Ensemble teacher).
 
-    T~(x) is the mean of all copies' logits; for a weighted ensemble teacher each member's copies
-    share its weight (w_member / k each), which is the plain mean for uniform weights. Same-arch
-    copies run as one batched call (:class:`Ensemble`).
+    T~(x): each member's k copies' mean logits, combined across members by the teacher ensemble's
+    own rule and weights (for ``logit_mean``, the mean of all copies' logits, each member's copies
+    sharing its weight). Same-arch copies run as one batched call (:class:`Ensemble`).
     """
     if isinstance(teacher, Ensemble):
         members = list(teacher.members)
         weights = [float(w) for w in teacher.weights]
+        rule = teacher.combine
     else:
-        members, weights = [teacher], [1.0]
+        members, weights, rule = [teacher], [1.0], "logit_mean"
     layers = shuffle_layers(members[0], n)
     copies, cw = [], []
     for member, wm in zip(members, weights):
@@ -190,7 +191,7 @@ def build_shuffled_teacher(teacher: nn.Module, k: int, n: int, generator: torch.
         for _ in range(k):
             copies.append(shuffled_copy(member, names, generator))
             cw.append(wm / k)
-    return Ensemble(copies, cw), layers
+    return Ensemble(copies, cw, combine=rule, group=k), layers
 
 
 # -- the per-sample quantities and the losses -----------------------------------------------------------
