@@ -2,7 +2,8 @@
 
 A bench spec (YAML) names a base scenario, the attacks (each a set of scenario keys over the base),
 the aggregators (names as ``--compare`` takes them: ``flame+distill+abd``; each may add scenario
-keys of its own) and the seeds::
+keys of its own, and a label of your own names its rule in them: ``{mean: {aggregator: distill,
+ensemble_rule: logit_mean}}``) and the seeds::
 
     name: toy
     scenario: {clients: 10, malicious: 3, rounds: 5, attack_stop_round: 3}
@@ -161,13 +162,11 @@ def plan_cells(spec: BenchSpec, out: str | Path) -> tuple[dict[int, ScenarioConf
     for attack, attack_keys in spec.attacks.items():
         for agg, agg_keys in spec.aggregators.items():
             where = f"{spec.where}: attacks.{attack} with aggregators.{agg}"
-            try:
-                keys = variant_keys(agg)
-            except ValueError as e:
-                raise ConfigError(f"{where}: {e}") from None
+            own = dict(agg_keys)
+            keys = variant_keys(str(own.pop("aggregator", agg)))  # a label may name its rule in its keys
             for seed in spec.seeds:
                 folder = out / "cells" / attack / folder_name(agg) / f"seed{seed}"
-                values = {**spec.scenario, **attack_keys, **keys, **agg_keys, "seed": seed,
+                values = {**spec.scenario, **attack_keys, **keys, **own, "seed": seed,
                           "name": f"{attack} / {agg} / seed {seed}", "out": str(folder)}
                 cfg = build(values, where)
                 if seed in warmups:

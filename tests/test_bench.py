@@ -62,6 +62,15 @@ def test_an_aggregators_own_keys_apply_to_its_cells_only(tmp_path):
     assert {c.aggregator: c.cfg.kd for c in cells} == {"distill": "cmi", "distill+abd": "zskt"}
 
 
+def test_a_label_names_its_rule_so_one_rule_can_run_under_two_settings(tmp_path):
+    spec = parse_spec({**TOY, "aggregators": [{"mean": {"aggregator": "distill+abd", "ensemble_rule": "logit_mean"}},
+                                              {"median": {"aggregator": "distill+abd"}}]}, "toy.yaml")
+    _, cells = plan_cells(spec, tmp_path)
+    got = {c.aggregator: (c.cfg.aggregator, c.cfg.abd, c.cfg.ensemble_rule) for c in cells}
+    assert got == {"mean": ("distill", "sv+sr", "logit_mean"), "median": ("distill", "sv+sr", "norm_median")}
+    assert cells[0].cfg.out.endswith("cells/none/mean/seed0")
+
+
 def _fake_cell(cfg, accs, asrs, tpr=None, seconds=2.0):
     """A finished cell's files, written by hand (no training)."""
     os.makedirs(cfg.out, exist_ok=True)
