@@ -75,16 +75,19 @@ def surrogate_inputs(info: DatasetInfo, cfg: ScreenConfig, seed: int, device="cp
     return info.normalize(x.clamp(0, 1)).to(device)
 
 
-def mask_sizes(model: nn.Module, x: torch.Tensor, info: DatasetInfo, cfg: ScreenConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Neural Cleanse's search for every class at once on inputs ``x`` (normalised): returns the L1
-    sizes of the masks ``(C,)`` (a mask that flips fewer than ``min_flip`` of the inputs to its
-    class counts as the whole image) and their flip rates ``(C,)``. The model is not changed."""
-    c_num, (b, ch, h, w) = info.num_classes, x.shape
+def class_masks(model: nn.Module, x: torch.Tensor, info: DatasetInfo, cfg: ScreenConfig,
+                classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Neural Cleanse's search on inputs ``x`` (normalised) for the given classes (default: every
+    class) at once, each class's mask and pattern its own parameters: returns the masks
+    ``(n, 1, 1, H, W)`` in [0, 1], the patterns ``(n, 1, ch, H, W)`` (normalised) and each mask's flip
+    rate ``(n,)``. The model is not changed."""
+    classes = list(range(info.num_classes)) if classes is None else list(classes)
+    n, (b, ch, h, w) = len(classes), x.shape
     lo = info.normalize(torch.zeros(1, ch, 1, 1)).to(x)
     hi = info.normalize(torch.ones(1, ch, 1, 1)).to(x)
-    mask_logit = torch.full((c_num, 1, 1, h, w), -3.0, device=x.device, requires_grad=True)
-    pattern_logit = torch.zeros((c_num, 1, ch, h, w), device=x.device, requires_grad=True)
-    labels = torch.arange(c_num, device=x.device).repeat_interleave(b)
+    mask_logit = torch.full((n, 1, 1, h, w), -3.0, device=x.device, requires_grad=True)
+    pattern_logit = torch.zeros((n, 1, ch, h, w), device=x.device, requires_grad=True)
+    labels = torch.tensor(classes, device=x.device).repeat_interleave(b)
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=cfg.lr)
     was = model.training
     model.eval()
@@ -92,26 +95,37 @@ def mask_sizes(model: nn.Module, x: torch.Tensor, info: DatasetInfo, cfg: Screen
     for p in model.parameters():
         p.requires_grad_(False)
 
+    def parts() -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.sigmoid(mask_logit), lo + (hi - lo) * torch.sigmoid(pattern_logit)
+
     def stamped() -> torch.Tensor:
-        m, p = torch.sigmoid(mask_logit), lo + (hi - lo) * torch.sigmoid(pattern_logit)
-        return ((1 - m) * x.unsqueeze(0) + m * p).reshape(c_num * b, ch, h, w)
+        m, pat = parts()
+        return ((1 - m) * x.unsqueeze(0) + m * pat).reshape(n * b, ch, h, w)
 
     try:
         for _ in range(cfg.steps):
             with torch.enable_grad():
-                ce = F.cross_entropy(model(stamped()).float(), labels, reduction="none").view(c_num, b).mean(1)
+                ce = F.cross_entropy(model(stamped()).float(), labels, reduction="none").view(n, b).mean(1)
                 loss = ce.sum() + cfg.l1 * torch.sigmoid(mask_logit).sum()
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
             opt.step()
         with torch.no_grad():
-            flips = (model(stamped()).argmax(1) == labels).float().view(c_num, b).mean(1)
-            sizes = torch.sigmoid(mask_logit).sum(dim=(1, 2, 3, 4))
+            flips = (model(stamped()).argmax(1) == labels).float().view(n, b).mean(1)
+            m, pat = parts()
     finally:
         for p, r in zip(model.parameters(), req):
             p.requires_grad_(r)
         model.train(was)
-    sizes = torch.where(flips >= cfg.min_flip, sizes, torch.full_like(sizes, float(h * w)))
+    return m.detach(), pat.detach(), flips
+
+
+def mask_sizes(model: nn.Module, x: torch.Tensor, info: DatasetInfo, cfg: ScreenConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The L1 sizes ``(C,)`` of every class's mask (:func:`class_masks`; a mask that flips fewer than
+    ``min_flip`` of the inputs to its class counts as the whole image) and their flip rates ``(C,)``."""
+    m, _, flips = class_masks(model, x, info, cfg)
+    sizes = m.sum(dim=(1, 2, 3, 4))
+    sizes = torch.where(flips >= cfg.min_flip, sizes, torch.full_like(sizes, float(x.shape[-2] * x.shape[-1])))
     return sizes.cpu(), flips.cpu()
 
 

@@ -200,6 +200,7 @@ def test_a_run_can_start_from_a_model_file(tmp_path):
     ({"threat": "neurotoxin", "threat_settings": {"mask_ratio": 1.0}}, "mask_ratio must be in"),
     ({"threat": "constrain_scale", "threat_settings": {"alpa": 0.5}}, "unknown setting 'alpa'"),
     ({"threat": "kd_aware", "threat_settings": {"surrogate_share": 1.5}}, "surrogate_share must be in"),
+    ({"threat": "screen_aware", "threat_settings": {"stamped_share": 1.0}}, "stamped_share must be in"),
     ({"threat": "nope"}, "threat: unknown threat 'nope'"),
     ({"attack_start_round": 3, "attack_stop_round": 2}, "attack_stop_round: 2 is before attack_start_round 3"),
     ({"initial_model": "/nonexistent.safetensors"}, "initial_model: '/nonexistent.safetensors': no such model file"),
@@ -208,3 +209,18 @@ def test_a_run_can_start_from_a_model_file(tmp_path):
 def test_bad_threat_settings_are_refused_when_the_scenario_loads(settings, needle):
     with pytest.raises(ConfigError, match=needle):
         scenario(**settings)
+
+
+@pytest.mark.slow
+def test_the_screen_aware_attacker_lowers_its_screening_score_below_plain_poisonings():
+    from fedabd.screening import ScreenConfig, screen_models
+
+    scored = {}
+    for threat in ("poison", "screen_aware"):
+        cfg = scenario(threat=threat, local_epochs=2)
+        res = fed.local_update(cfg, 0, 1, fed.initial_client_state(cfg, 0), malicious=True)
+        model = fed.create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+        model.load_state_dict(res.state)
+        scored[threat] = screen_models([model], INFO, ScreenConfig(), seed=7)[0]
+    assert scored["poison"]["class"] == 0 and scored["poison"]["score"] > ScreenConfig().threshold
+    assert scored["screen_aware"]["score"] < scored["poison"]["score"] - 1.0
