@@ -20,6 +20,7 @@ threshold, ``soft`` keeps them with weight ``exp(-(score - threshold))`` (1 at o
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -75,58 +76,70 @@ def surrogate_inputs(info: DatasetInfo, cfg: ScreenConfig, seed: int, device="cp
     return info.normalize(x.clamp(0, 1)).to(device)
 
 
-def class_masks(model: nn.Module, x: torch.Tensor, info: DatasetInfo, cfg: ScreenConfig,
+def class_masks(model: nn.Module | list[nn.Module], x: torch.Tensor, info: DatasetInfo, cfg: ScreenConfig,
                 classes: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Neural Cleanse's search on inputs ``x`` (normalised) for the given classes (default: every
     class) at once, each class's mask and pattern its own parameters: returns the masks
     ``(n, 1, 1, H, W)`` in [0, 1], the patterns ``(n, 1, ch, H, W)`` (normalised) and each mask's flip
-    rate ``(n,)``. The model is not changed."""
+    rate ``(n,)``. The model is not changed.
+
+    A list of K models of one architecture is searched in one batched call (``torch.func``: stacked
+    weights, ``vmap``), each model with its own masks: the results gain a leading K axis and equal
+    K separate searches (Adam is elementwise and the models' losses are summed)."""
+    models = model if isinstance(model, list) else [model]
     classes = list(range(info.num_classes)) if classes is None else list(classes)
-    n, (b, ch, h, w) = len(classes), x.shape
+    k, n, (b, ch, h, w) = len(models), len(classes), x.shape
     lo = info.normalize(torch.zeros(1, ch, 1, 1)).to(x)
     hi = info.normalize(torch.ones(1, ch, 1, 1)).to(x)
-    mask_logit = torch.full((n, 1, 1, h, w), -3.0, device=x.device, requires_grad=True)
-    pattern_logit = torch.zeros((n, 1, ch, h, w), device=x.device, requires_grad=True)
-    labels = torch.tensor(classes, device=x.device).repeat_interleave(b)
+    mask_logit = torch.full((k, n, 1, 1, h, w), -3.0, device=x.device, requires_grad=True)
+    pattern_logit = torch.zeros((k, n, 1, ch, h, w), device=x.device, requires_grad=True)
+    labels = torch.tensor(classes, device=x.device).repeat_interleave(b).repeat(k)
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=cfg.lr)
-    was = model.training
-    model.eval()
-    req = [p.requires_grad for p in model.parameters()]
-    for p in model.parameters():
-        p.requires_grad_(False)
+    forward = _stacked_forward(models)
 
     def parts() -> tuple[torch.Tensor, torch.Tensor]:
         return torch.sigmoid(mask_logit), lo + (hi - lo) * torch.sigmoid(pattern_logit)
 
     def stamped() -> torch.Tensor:
         m, pat = parts()
-        return ((1 - m) * x.unsqueeze(0) + m * pat).reshape(n * b, ch, h, w)
+        return ((1 - m) * x + m * pat).reshape(k, n * b, ch, h, w)
 
-    try:
-        for _ in range(cfg.steps):
-            with torch.enable_grad():
-                ce = F.cross_entropy(model(stamped()).float(), labels, reduction="none").view(n, b).mean(1)
-                loss = ce.sum() + cfg.l1 * torch.sigmoid(mask_logit).sum()
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-            opt.step()
-        with torch.no_grad():
-            flips = (model(stamped()).argmax(1) == labels).float().view(n, b).mean(1)
-            m, pat = parts()
-    finally:
-        for p, r in zip(model.parameters(), req):
-            p.requires_grad_(r)
-        model.train(was)
+    for _ in range(cfg.steps):
+        with torch.enable_grad():
+            ce = F.cross_entropy(forward(stamped()).reshape(k * n * b, -1).float(), labels, reduction="none")
+            loss = ce.view(k, n, b).mean(2).sum() + cfg.l1 * torch.sigmoid(mask_logit).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+        opt.step()
+    with torch.no_grad():
+        flips = (forward(stamped()).argmax(-1).reshape(-1) == labels).float().view(k, n, b).mean(2)
+        m, pat = parts()
+    if not isinstance(model, list):
+        return m[0].detach(), pat[0].detach(), flips[0]
     return m.detach(), pat.detach(), flips
 
 
-def mask_sizes(model: nn.Module, x: torch.Tensor, info: DatasetInfo, cfg: ScreenConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """The L1 sizes ``(C,)`` of every class's mask (:func:`class_masks`; a mask that flips fewer than
-    ``min_flip`` of the inputs to its class counts as the whole image) and their flip rates ``(C,)``."""
-    m, _, flips = class_masks(model, x, info, cfg)
-    sizes = m.sum(dim=(1, 2, 3, 4))
-    sizes = torch.where(flips >= cfg.min_flip, sizes, torch.full_like(sizes, float(x.shape[-2] * x.shape[-1])))
-    return sizes.cpu(), flips.cpu()
+def _stacked_forward(models: list[nn.Module]):
+    """``f(inputs (K, N, ...)) -> logits (K, N, C)``: model k on inputs[k], frozen (eval mode, no
+    parameter gradients), batched when the models share an architecture, else a loop."""
+    from torch.func import functional_call, stack_module_state
+
+    frozen = []
+    for m in models:
+        f = copy.deepcopy(m).eval()
+        for p in f.parameters():
+            p.requires_grad_(False)
+        frozen.append(f)
+    arch = getattr(models[0], "arch", None)
+    if len(frozen) == 1 or arch is None or any(getattr(m, "arch", None) != arch for m in models):
+        return lambda inputs: torch.stack([f(inp) for f, inp in zip(frozen, inputs)])
+    params, buffers = stack_module_state(frozen)
+    base = copy.deepcopy(frozen[0]).to("meta")
+
+    def call(p, bufs, inp):
+        return functional_call(base, (p, bufs), (inp,))
+
+    return lambda inputs: torch.vmap(call, in_dims=(0, 0, 0))(params, buffers, inputs)
 
 
 def anomaly_index(sizes: torch.Tensor) -> float:
@@ -165,17 +178,16 @@ def screen_weights(score_list: list[float], cfg: ScreenConfig) -> list[float]:
 
 def screen_models(models: list[nn.Module], info: DatasetInfo, cfg: ScreenConfig, seed: int = 0,
                   device="cpu") -> list[dict]:
-    """Score every model on the same surrogate inputs; each entry also has its flip rates and the
-    seconds its search took."""
+    """Score every model on the same surrogate inputs (one batched search when they share an
+    architecture); each entry also has its flip rate and ``seconds``, the search's time per model."""
     x = surrogate_inputs(info, cfg, seed, device)
-    rows, seconds = [], []
-    for m in models:
-        t0 = time.perf_counter()
-        sizes, flips = mask_sizes(m.to(device), x, info, cfg)
-        rows.append((sizes, flips))
-        seconds.append(time.perf_counter() - t0)
-    result = scores(torch.stack([r[0] for r in rows]))
-    for entry, (_, flips), sec in zip(result, rows, seconds):
-        entry["flip"] = flips[entry["class"]].item()
-        entry["seconds"] = round(sec, 3)
+    t0 = time.perf_counter()
+    m, _, flips = class_masks([mm.to(device) for mm in models], x, info, cfg)
+    per_model = (time.perf_counter() - t0) / len(models)
+    sizes = m.sum(dim=(2, 3, 4, 5))
+    sizes = torch.where(flips >= cfg.min_flip, sizes, torch.full_like(sizes, float(x.shape[-2] * x.shape[-1])))
+    result = scores(sizes.cpu())
+    for entry, f in zip(result, flips.cpu()):
+        entry["flip"] = f[entry["class"]].item()
+        entry["seconds"] = round(per_model, 3)
     return result

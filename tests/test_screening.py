@@ -13,7 +13,8 @@ from fedabd.data import DatasetInfo, dataset_info
 from fedabd.engine import RoundFailed
 from fedabd.federated import Upload
 from fedabd.models import create_model
-from fedabd.screening import ScreenConfig, anomaly_index, scores, screen_models, screen_weights, surrogate_inputs
+from fedabd.screening import (ScreenConfig, anomaly_index, class_masks, scores, screen_models, screen_weights,
+                              surrogate_inputs)
 
 INFO = DatasetInfo("mnist_subset", 10, 1, 28, (0.1307,), (0.3081,))
 
@@ -49,6 +50,21 @@ def test_the_score_separates_a_backdoored_teacher_from_clean_ones():
     assert all(r["seconds"] > 0 for r in out)
     # the models are left as they were
     assert all(p.requires_grad for m in models for p in m.parameters())
+
+
+def test_one_batched_search_of_several_models_equals_separate_searches():
+    torch.manual_seed(0)
+    models = [create_model("lenet5", num_classes=10, in_channels=1, image_size=28) for _ in range(3)]
+    info = dataset_info("mnist_subset")
+    cfg = ScreenConfig(steps=5, batch=4)
+    x = surrogate_inputs(info, cfg, 0)
+    m, pat, flips = class_masks(models, x, info, cfg, classes=[0, 4])
+    assert m.shape == (3, 2, 1, 1, 28, 28) and pat.shape == (3, 2, 1, 1, 28, 28) and flips.shape == (3, 2)
+    for i, model in enumerate(models):
+        mi, pi, fi = class_masks(model, x, info, cfg, classes=[0, 4])
+        assert torch.allclose(m[i], mi, atol=1e-4) and torch.allclose(pat[i], pi, atol=1e-4)
+        assert torch.equal(flips[i], fi)
+    assert all(p.requires_grad for mm in models for p in mm.parameters()) and all(mm.training for mm in models)
 
 
 def test_anomaly_index_and_peer_signal_on_hand_made_mask_sizes():
