@@ -152,6 +152,10 @@ def test_exclusion_below_min_clients_fails_the_round_with_the_clear_message(monk
 def test_screen_composes_by_name_and_checks_its_settings():
     assert make("screen+distill", abd="sv+sr").cfg.aggregator == "screen+distill"
     assert make("flame+screen+distill").cfg.aggregator == "flame+screen+distill"
+    # screening queries the models, so the student may be another architecture than the clients'
+    assert make("screen+distill", student="lenet5_half").cfg.student == "lenet5_half"
+    with pytest.raises(ConfigError, match="compare client models with the global model"):
+        make("flame+distill", student="lenet5_half")
     with pytest.raises(ConfigError, match="mode must be"):
         make("screen", aggregator_settings={"mode": "drop"})
     with pytest.raises(ConfigError, match="surrogate"):

@@ -57,6 +57,9 @@ class Aggregator:
     averages_weights: ClassVar[bool] = True
     uses_defense: ClassVar[bool] = False
     filters: ClassVar[bool] = False  # the rule accepts or rejects clients (detection TPR/FPR are reported)
+    #: a filter that measures the clients' updates against the global model (FLAME, FoolsGold, Krum):
+    #: in a composition the global model must then share the clients' architecture
+    compares_updates: ClassVar[bool] = True
 
     def __init__(self, cfg: "ScenarioConfig", info: "DatasetInfo", device: torch.device | str = "cpu",
                  progress=None) -> None:

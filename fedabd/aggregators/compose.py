@@ -62,6 +62,8 @@ class Composite(Aggregator):
         for part in cls.parts:
             AGGREGATORS.get(part).check(_part_cfg(cfg, part, settings))
         last = AGGREGATORS.get(cls.parts[-1])
+        if not any(AGGREGATORS.get(p).compares_updates for p in cls.parts[:-1]):
+            return
         if last.global_arch(cfg) != cfg.client_arch or (cfg.client_archs and len(set(cfg.client_archs)) > 1):
             raise ValueError(f"the filters of {'+'.join(cls.parts)} compare client models with the global model: "
                              f"the global model ({last.global_arch(cfg)}) and every client need one architecture "

@@ -24,6 +24,7 @@ class Screen(Aggregator):
     config_cls = ScreenConfig
     filters = True
     averages_weights = False
+    compares_updates = False  # it queries the models: a distilled student may differ from the clients
 
     def aggregate(self, rnd, uploads, global_state) -> Aggregate:
         from ..engine import RoundFailed

@@ -139,7 +139,8 @@ class Ensemble(nn.Module):
         out = self.member_logits(x, return_features)
         logits, feats = out if return_features else (out, None)
         w = self.weights
-        if self.group > 1:  # each member's copies: their weighted mean, then the groups combined
+        if self.group > 1 and self.combine != "logit_mean":  # each member's copies averaged, then the rule
+            # (for logit_mean the flat weighted mean over all copies is the same number, summed as before)
             k, g = len(self.members) // self.group, self.group
             wg = w.view(k, g)
             logits = torch.einsum("kg,kgbc->kbc", (wg / wg.sum(1, keepdim=True)).to(logits.dtype),
