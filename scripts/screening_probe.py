@@ -57,25 +57,29 @@ def single_teacher(root: Path, cfg: ScreenConfig) -> tuple[str, list[dict]]:
     return markdown_table(head, rows), scored
 
 
-def federated(spec_name: str, out: Path, threshold: float) -> str:
+def federated(spec_name: str, out: Path, threshold: float, rounds: set[int] | None = None) -> str:
+    """ROC-AUC and rates of the scores of the uploads of the given rounds (None: every round)."""
     spec = load_spec(resolve_scenario(spec_name, sub="bench", what="bench spec"))
     _, cells = plan_cells(spec, out)
     rows = []
     for attack in spec.attacks:
-        pos, neg, seconds = [], [], []
+        pos, neg, seconds, seeds = [], [], [], 0
         for c in (c for c in cells if c.attack == attack):
             path = Path(c.cfg.out) / "metrics.json"
             if not path.exists():
                 continue
+            seeds += 1
             for row in json.loads(path.read_text())[1:]:
+                if rounds is not None and row["round"] not in rounds:
+                    continue
                 screen = row.get("screen", {})
                 seconds.append(screen.get("screen_seconds", 0.0) / max(len(screen.get("teachers", {})), 1))
                 bad = set(row.get("malicious", []))
                 for pid, t in screen.get("teachers", {}).items():
                     (pos if int(pid) in bad else neg).append(t["score"])
         if pos or neg:
-            rows.append([attack, *rates(pos, neg, threshold), f"{sum(seconds) / max(len(seconds), 1):.2f}"])
-    head = ["attack", "ROC-AUC", f"TPR at {threshold:g}", f"FPR at {threshold:g}", "malicious uploads",
+            rows.append([attack, seeds, *rates(pos, neg, threshold), f"{sum(seconds) / max(len(seconds), 1):.2f}"])
+    head = ["attack", "seeds", "ROC-AUC", f"TPR at {threshold:g}", f"FPR at {threshold:g}", "malicious uploads",
             "honest uploads", "s / teacher"]
     return markdown_table(head, rows)
 
@@ -90,7 +94,10 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "single_teacher_scores.json").write_text(json.dumps(scored, indent=1))
     text = ["## Single-teacher teachers (scored alone)", "", table,
-            "## Federated uploads (fedabd bench screening)", "", federated("screening", args.out / "bench", cfg.threshold)]
+            "## Federated uploads, round 1 (every client starts from the clean warm-up model)", "",
+            federated("screening", args.out / "bench", cfg.threshold, {1}),
+            "## Federated uploads, every attack round (FedAvg spreads the backdoor to the honest clients' start)", "",
+            federated("screening", args.out / "bench", cfg.threshold)]
     (args.out / "tables.md").write_text("\n".join(text))
     print("\n".join(text))
 
