@@ -289,7 +289,14 @@ def claim(plain: dict, abd: dict) -> dict | None:
     asr0, asr1, acc0, acc1 = mean(plain, "asr"), mean(abd, "asr"), mean(plain, "acc"), mean(abd, "acc")
     halved_on = sum(abd["per_seed"][s]["asr"] <= plain["per_seed"][s]["asr"] / 2 for s in seeds)
     return {"seeds": seeds, "asr": (asr0, asr1), "acc": (acc0, acc1), "halved_on": halved_on,
+            "halved": asr1 <= asr0 / 2, "acc_loss": 100 * (acc0 - acc1),
             "met": asr1 <= asr0 / 2 and 100 * (acc0 - acc1) <= 5}
+
+
+def paper_acc_loss(attack: str) -> float | None:
+    """Points of Acc the paper's own ZSKT + ABD row loses against its ZSKT row (spec section 5)."""
+    row = PAPER.get(attack)
+    return None if row is None else row[1][0] - row[2][0]
 
 
 def write_page(plan: Plan, results: dict, command: str, seconds: float, pending: int = 0) -> Path:

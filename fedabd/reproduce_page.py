@@ -30,7 +30,7 @@ def _fmt(entry: dict | None, seeds: int = 0) -> str:
 
 
 def results_page(plan: "Plan", results: dict, command: str, seconds: float, pending: int = 0) -> str:
-    from .reproduce import PAPER, claim, transferring
+    from .reproduce import PAPER, claim, paper_acc_loss, transferring
 
     kds = [k for k in plan.kds if k != "vanilla"]
     cols = ["teacher"] + (["vanilla KD"] if "vanilla" in plan.kds else [])
@@ -75,15 +75,20 @@ def results_page(plan: "Plan", results: dict, command: str, seconds: float, pend
             if plain is None or "asr" not in plain:
                 continue
             transfers = plain["asr"][0] >= 0.5
-            verdict = "-"
+            verdict, against_paper = "-", "-"
             c = claim(plain, abd) if transfers and abd is not None else None
             if c is not None:
                 verdict = ("yes" if c["met"] else "no") + \
                     f" (ASR {100 * c['asr'][0]:.1f} -> {100 * c['asr'][1]:.1f}, " \
                     f"Acc {100 * c['acc'][0]:.1f} -> {100 * c['acc'][1]:.1f}; " \
                     f"seeds {','.join(map(str, c['seeds']))}, halved on {c['halved_on']} of {len(c['seeds'])})"
-            checks.append([attack, kd, "yes" if transfers else "no", verdict])
-    lines += [markdown_table(["attack", "method", "transfers (ASR >= 50 %)", "ABD halves ASR, Acc loss <= 5"], checks)]
+                loss = paper_acc_loss(attack) if kd == "zskt" else None
+                if loss is not None:
+                    against_paper = ("yes" if c["halved"] and c["acc_loss"] <= loss else "no") + \
+                        f" (loses {c['acc_loss']:.1f}, the paper {loss:.1f})"
+            checks.append([attack, kd, "yes" if transfers else "no", verdict, against_paper])
+    lines += [markdown_table(["attack", "method", "transfers (ASR >= 50 %)", "ABD halves ASR, Acc loss <= 5",
+                              "ABD halves ASR, Acc loss <= the paper's ZSKT + ABD row's"], checks)]
     clean_kd = [a for a in plan.attacks if (a, "vanilla", "none") in results and "asr" in results[(a, "vanilla", "none")]]
     if clean_kd:
         lines += [f"Vanilla KD on clean data: max ASR over attacks "

@@ -73,10 +73,14 @@ def test_claim_compares_paired_seeds_only(tmp_path):
     page = results_page(plan, results, "cmd", 1.0)
     assert "yes (ASR 100.0 -> 45.0, Acc 90.0 -> 88.0; seeds 1, halved on 1 of 1)" in page
     assert "| 90.0±0.0 / 80.0±28.3 | 88.0 / 45.0 (n=1) |" in page  # a cell with fewer seeds says so
+    # judged a second time against the paper's own ZSKT + ABD row (badnet_sq: 80.8 -> 77.9, 2.9 points)
+    assert "| yes (loses 2.0, the paper 2.9) |" in page
     _fake_job(plan, 0, "badnet_sq", "zskt", "sv+sr", 0.80, 0.10)  # 10 points of Acc lost on seed 0
     results = collect(plan)
     c = claim(results[("badnet_sq", "zskt", "none")], results[("badnet_sq", "zskt", "sv+sr")])
     assert c["seeds"] == [0, 1] and c["halved_on"] == 2 and not c["met"]
+    assert c["halved"] and c["acc_loss"] == pytest.approx(6.0)
+    assert "| no (loses 6.0, the paper 2.9) |" in results_page(plan, results, "cmd", 1.0)
 
 
 def test_a_base_reproduction_lends_teachers_and_undefended_cells(tmp_path):
