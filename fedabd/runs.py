@@ -39,6 +39,26 @@ def describe(cfg: ScenarioConfig) -> str:
     return f"{cfg.name}: {how}, {cfg.clients} clients, {cfg.attackers} malicious ({cfg.attack}{threat})"
 
 
+def explain(cfg: ScenarioConfig, rows: list[dict]) -> str:
+    """What a run's table shows, in two sentences: who attacked with what, what Acc and ASR measure,
+    and how to see the defence's effect."""
+    from .aggregators import aggregator_class
+    from .data import dataset_info
+    from .federated import scenario_attack
+
+    target = scenario_attack(cfg, dataset_info(cfg.dataset)).target
+    attackers = sorted({pid for r in rows for pid in r.get("malicious", [])})
+    who = (f"client{'s' if len(attackers) > 1 else ''} {', '.join(map(str, attackers))} attacked "
+           f"({cfg.threat}{f', update boosted x{cfg.scale:g}' if cfg.scale != 1 else ''}: {cfg.attack} trigger, "
+           f"target class {target})" if attackers else "no client attacked")
+    text = (f"What this shows: {who}; Acc is the global model's accuracy on clean test images, ASR the share "
+            f"of triggered test images (true class other than {target}) it puts in class {target}: lower is better.")
+    if aggregator_class(cfg.aggregator).uses_defense:
+        defended = cfg.aggregator + ("+abd" if cfg.abd in ("none", "sv+sr") else f"+{cfg.abd}")
+        text += f" To see what ABD changes, add --compare {cfg.aggregator},{defended}."
+    return text
+
+
 def run_scenario(cfg: ScenarioConfig, simulate: Simulate, resume: bool = False,
                  on_round: Callable[[dict], None] | None = None, progress=None, title: str = "",
                  overwrite: bool = False) -> list[dict]:

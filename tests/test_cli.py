@@ -128,3 +128,15 @@ def test_scenarios_validate_reports_bad_file(tmp_path):
     p.write_text("clients: 2\nmalicious: 5\n")
     res = invoke("scenarios", "validate", p)
     assert res.exit_code == 2 and "malicious" in res.output and str(p) in res.output
+
+
+def test_a_run_ends_by_saying_what_its_numbers_mean():
+    from fedabd.config import load_scenario
+    from fedabd.runs import explain
+
+    rows = [{"round": 0}, {"round": 1, "malicious": [3, 4]}, {"round": 2, "malicious": [4]}]
+    text = explain(load_scenario(None, {"malicious": 2, "abd": "sv+sr", "target": 7}), rows)
+    assert "clients 3, 4 attacked (poison: badnet_grid trigger, target class 7)" in text
+    assert "puts in class 7" in text and "--compare distill,distill+abd" in text
+    text = explain(load_scenario(None, {"aggregator": "fedavg", "scale": 5.0}), [{"round": 0}, {"round": 1}])
+    assert text.startswith("What this shows: no client attacked;") and "--compare" not in text

@@ -13,7 +13,7 @@ from rich.table import Table
 from ..aggregators import aggregator_class
 from ..config import FIELDS, ConfigError, load_scenario, read_yaml
 from ..runfolder import RunFolderError, check_run_folder, config_differences, read_json
-from ..runs import compare_variants, comparison_table, describe, run_scenario, write_comparison
+from ..runs import compare_variants, comparison_table, describe, explain, run_scenario, write_comparison
 from ..supervise import Interrupted, run_supervised
 from .common import ABD_HELP, classify_error, console, parse_settings, pct, progress_bar, styled, user_errors
 
@@ -74,6 +74,7 @@ def show_run(cfg, resume: bool = False, title: str = "", overwrite: bool = False
     console.print(styled("bold", "final global model", f" after round {last['round']}: Acc {pct(last['acc'])} %, "
                          f"ASR {pct(last.get('asr'))} %  ({time.perf_counter() - t0:.0f} s)"))
     console.print(f"run folder: {cfg.out}/ (config.json, metrics.csv/.jsonl/.json, global.safetensors, acc_asr.png, checkpoint/)")
+    console.print(explain(cfg, rows), highlight=False)
     return rows
 
 
