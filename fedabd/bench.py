@@ -108,10 +108,16 @@ def parse_spec(data, where: str = "bench spec") -> BenchSpec:
         if key not in data:
             raise ConfigError(f"{where}: missing key {key}")
     seeds = data.get("seeds", 1)
-    if isinstance(seeds, bool) or not (isinstance(seeds, int) and seeds >= 1 or
-                                       isinstance(seeds, list) and seeds and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
+
+    def whole(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    if whole(seeds) and seeds >= 1:
+        seeds = tuple(range(seeds))
+    elif isinstance(seeds, list) and seeds and all(whole(v) and v >= 0 for v in seeds):
+        seeds = tuple(dict.fromkeys(seeds))
+    else:
         raise ConfigError(f"{where}: seeds: a number of seeds (>= 1) or a list of seeds >= 0, got {seeds!r}")
-    seeds = tuple(range(seeds)) if isinstance(seeds, int) else tuple(dict.fromkeys(seeds))
     warmup = data.get("warmup")
     scenario = _mapping(data.get("scenario"), f"{where}: scenario")
     if warmup is not None and scenario.get("initial_model"):

@@ -23,7 +23,7 @@ def bench_cmd(
     """The federated backdoor leaderboard: every cell of the spec, then leaderboard.md / .csv and plots."""
     from dataclasses import replace
 
-    from ..bench import load_spec, plan_cells, run_bench, select, write_leaderboard
+    from ..bench import finished, load_spec, plan_cells, run_bench, select, write_leaderboard
     from ..scenario_files import resolve_scenario
 
     def names(value: Optional[str]) -> Optional[list[str]]:
@@ -45,8 +45,7 @@ def bench_cmd(
                       + (f" + {len(warmups)} warm-ups" if warmups else "") + f", {jobs} at a time -> {folder}")
         with progress_bar() as bar:
             task = bar.add_task("cells", total=total, info="")
-            done = sum(1 for c in [*warmups.values(), *(c.cfg for c in cells)] if (Path(c.out) / "metrics.json").is_file())
-            bar.update(task, completed=done)
+            bar.update(task, completed=sum(map(finished, [*warmups.values(), *(c.cfg for c in cells)])))
 
             def on_done(cfg, rows) -> None:
                 last = rows[-1]
