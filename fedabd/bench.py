@@ -32,7 +32,7 @@ from pathlib import Path
 from .artifacts import atomic_write_text
 from .config import ConfigError, ScenarioConfig, build, read_yaml, validate
 from .report import markdown_table, plot_curves
-from .runfolder import config_differences
+from .runfolder import config_differences, read_json
 from .runs import folder_name, pct, variant_keys
 
 SPEC_KEYS = ("name", "description", "scenario", "warmup", "attacks", "aggregators", "seeds")
@@ -193,7 +193,7 @@ def check_finished(cells: list[Cell]) -> None:
     """A finished cell must have run the configuration the spec gives it now."""
     for cell in cells:
         if finished(cell.cfg):
-            stored = json.loads((Path(cell.cfg.out) / "config.json").read_text())
+            stored = read_json(Path(cell.cfg.out) / "config.json", "run config")
             diff = config_differences(stored, cell.cfg.to_json())
             if diff:
                 raise ConfigError(f"{cell.name}: its finished run ({cell.cfg.out}) used other settings "

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import DatasetInfo
+from .models.ensemble import Ensemble
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,8 @@ def class_masks(model: nn.Module | list[nn.Module], x: torch.Tensor, info: Datas
     pattern_logit = torch.zeros((k, n, 1, ch, h, w), device=x.device, requires_grad=True)
     labels = torch.tensor(classes, device=x.device).repeat_interleave(b).repeat(k)
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=cfg.lr)
-    forward = _stacked_forward(models)
+    # frozen copies (the callers' models are left as they were), batched when they share an architecture
+    forward = Ensemble([copy.deepcopy(m) for m in models]).each_member
 
     def parts() -> tuple[torch.Tensor, torch.Tensor]:
         return torch.sigmoid(mask_logit), lo + (hi - lo) * torch.sigmoid(pattern_logit)
@@ -117,29 +119,6 @@ def class_masks(model: nn.Module | list[nn.Module], x: torch.Tensor, info: Datas
     if not isinstance(model, list):
         return m[0].detach(), pat[0].detach(), flips[0]
     return m.detach(), pat.detach(), flips
-
-
-def _stacked_forward(models: list[nn.Module]):
-    """``f(inputs (K, N, ...)) -> logits (K, N, C)``: model k on inputs[k], frozen (eval mode, no
-    parameter gradients), batched when the models share an architecture, else a loop."""
-    from torch.func import functional_call, stack_module_state
-
-    frozen = []
-    for m in models:
-        f = copy.deepcopy(m).eval()
-        for p in f.parameters():
-            p.requires_grad_(False)
-        frozen.append(f)
-    arch = getattr(models[0], "arch", None)
-    if len(frozen) == 1 or arch is None or any(getattr(m, "arch", None) != arch for m in models):
-        return lambda inputs: torch.stack([f(inp) for f, inp in zip(frozen, inputs)])
-    params, buffers = stack_module_state(frozen)
-    base = copy.deepcopy(frozen[0]).to("meta")
-
-    def call(p, bufs, inp):
-        return functional_call(base, (p, bufs), (inp,))
-
-    return lambda inputs: torch.vmap(call, in_dims=(0, 0, 0))(params, buffers, inputs)
 
 
 def anomaly_index(sizes: torch.Tensor) -> float:

@@ -133,6 +133,18 @@ class Ensemble(nn.Module):
             return torch.stack([o[0] for o in outs]), [o[1] for o in outs]
         return torch.stack(outs)
 
+    def each_member(self, xs: torch.Tensor) -> torch.Tensor:
+        """Member k on its own inputs ``xs[k]``: ``(K, N, ...)`` -> logits ``(K, N, C)`` (one batched
+        call when the members share an architecture, as :meth:`member_logits`)."""
+        if self.batched:
+            base = self._base[0]
+
+            def call(params, buffers, inp):
+                return functional_call(base, (params, buffers), (inp,))
+
+            return torch.vmap(call, in_dims=(0, 0, 0), randomness="different")(self._params, self._buffers_stacked, xs)
+        return torch.stack([m(x) for m, x in zip(self.members, xs)])
+
     def forward(self, x: torch.Tensor, return_features: bool = False):
         if len(self.members) == 1:
             return self.members[0](x, return_features=return_features)
