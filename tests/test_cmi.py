@@ -228,3 +228,23 @@ def test_mnist_end_to_end():
 
 
 SLOW = dict(epochs=12)  # the cpu preset with fewer epochs
+
+
+def test_pool_carry_hands_the_last_synthetic_images_to_the_next_run():
+    from fedabd.data import dataset_info
+    info = dataset_info("mnist_subset")
+    torch.manual_seed(0)
+    teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    student = create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    first = create_distiller("cmi", teacher, student, info, preset="smoke", seed=0, overrides={"pool_carry": 12})
+    first.run()
+    mem = first.memory()
+    assert mem["pool"].shape[0] == 12 and torch.equal(mem["pool"], first.pool[-12:].cpu())
+    nxt = create_distiller("cmi", teacher, student, info, preset="smoke", seed=1, memory=mem,
+                           overrides={"pool_carry": 12})
+    nxt.run()
+    assert nxt.pool.shape[0] == 12 + 16 and torch.equal(nxt.pool[:12].cpu(), mem["pool"])
+    # the authors' default keeps nothing
+    plain = create_distiller("cmi", teacher, student, info, preset="smoke", seed=1, memory=mem)
+    plain.run()
+    assert plain.pool.shape[0] == 16 and plain.memory() == {}

@@ -1,6 +1,8 @@
 """What every registered distiller owes the defences: the final-phase hook fires on every student
 update of the final phase, after the KD backward and before the optimiser step, with the
 optimiser switched to the defence's final phase; never before it."""
+import math
+
 import pytest
 import torch
 
@@ -58,3 +60,34 @@ def test_final_phase_hook_fires_between_backward_and_step(method):
     # where the hook saw them, so the step came after the hook
     final = [p.detach() for p in result.student.parameters()]
     assert all(torch.allclose(a, b) for a, b in zip(spy.calls[-1]["weights"], final))
+
+
+class CosineSpy(Spy):
+    final_phase_fraction = 0.1
+
+    @property
+    def final_phase_optimizer(self):
+        return FinalPhase(fresh=True, schedule="cosine", clip=False)
+
+
+@pytest.mark.parametrize("method", ["cmi", "fast"])
+def test_a_step_granular_final_phase_is_the_last_fraction_of_the_kd_steps(method):
+    """``final_phase_unit="step"`` (the fed presets): SR's fraction counts KD steps, not epochs (the
+    last 10 % of 4 x 10 steps is 4 steps, not the last epoch's 10), its LR annealed per step from
+    sr_lr towards 0."""
+    torch.manual_seed(0)
+    info = load_dataset("mnist_subset", "train").info
+    teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    student = create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    spy = CosineSpy()
+    d = create_distiller(method, teacher, student, info, preset="smoke", seed=0, defense=spy,
+                         overrides={"epochs": 4, "kd_steps": 10, "sr_lr": 1e-3, "final_phase_unit": "step"})
+    d.run()
+    assert len(spy.calls) == 4 and {c["iteration"] for c in spy.calls} == {3}
+    lrs = [c["lr"] for c in spy.calls]
+    expected = [0.5e-3 * (1 + math.cos(math.pi * j / 4)) for j in range(4)]
+    assert lrs == pytest.approx(expected)
+    epoch = create_distiller(method, teacher, student, info, preset="smoke", seed=0, defense=CosineSpy(),
+                             overrides={"epochs": 4, "kd_steps": 10})
+    epoch.run()
+    assert len(epoch.defense.calls) == 10  # the authors' unit: the whole last epoch

@@ -115,3 +115,23 @@ def test_the_scenario_default_is_the_robust_rule_and_names_are_checked():
     assert load_scenario(None, {}).ensemble_rule == "norm_median"
     with pytest.raises(ValueError, match="ensemble_rule"):
         load_scenario(None, {"ensemble_rule": "max"})
+
+
+@pytest.mark.parametrize("rule", ["logit_mean", "norm_median"])
+def test_cmi_inverts_the_same_combined_target_the_student_learns(rule):
+    """CMI's synthesis sees the teachers through the ensemble's rule: a boosted teacher that cannot
+    steer the KD target under norm_median cannot steer the synthesised images either."""
+    from fedabd.data import dataset_info
+    from fedabd.distill import create_distiller
+    from fedabd.models import create_model
+    torch.manual_seed(0)
+    teachers = [create_model("lenet5", num_classes=10, in_channels=1, image_size=28) for _ in range(3)]
+    with torch.no_grad():
+        teachers[2].fc3.weight.mul_(100.0)
+    student = create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    d = create_distiller("cmi", teachers, student, dataset_info("mnist_subset"), preset="smoke",
+                         teacher_weights=[1.0, 1.0, 1.0], ensemble_rule=rule)
+    d.setup()
+    x = torch.randn(4, 1, 28, 28)
+    inverted, _ = d._invert_forward(x)
+    assert torch.allclose(inverted, d.teacher_logits(x), atol=1e-5)

@@ -5,6 +5,10 @@ The teachers' ensemble weights are their declared sample counts (``weight_by_sam
 their logits are combined by ``ensemble_rule`` (:mod:`fedabd.models.ensemble`; the default
 ``norm_median`` lets no teacher steer the target by the size of its logits, ``logit_mean`` is the
 usual average).
+
+A method that carries state from run to run (``fast``: its meta-learned generator and recent synthetic
+images) continues each round from the previous round's (:meth:`Distiller.memory`), kept as this rule's
+memory so that a resumed run continues it too.
 """
 from __future__ import annotations
 
@@ -23,6 +27,16 @@ class Distill(Aggregator):
     @classmethod
     def global_arch(cls, cfg) -> str:
         return cfg.student
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._memory: dict[str, torch.Tensor] = {}  # the distiller's state for the next round (Fast's generator)
+
+    def memory(self) -> dict[str, torch.Tensor]:
+        return dict(self._memory)
+
+    def restore(self, memory: dict[str, torch.Tensor]) -> None:
+        self._memory = dict(memory)
 
     def aggregate(self, rnd, uploads, global_state) -> Aggregate:
         from ..defenses import build_defense
@@ -50,8 +64,9 @@ class Distill(Aggregator):
         distiller = create_distiller(cfg.kd, teachers, student, info, preset=cfg.kd_preset, overrides=cfg.kd_overrides,
                                      device=self.device, seed=seed, teacher_weights=weights, ensemble_rule=cfg.ensemble_rule,
                                      defense=build_defense(cfg.abd, sv=cfg.sv, sr=cfg.sr),
-                                     channels_last=channels_last, bf16=bf16)
+                                     channels_last=channels_last, bf16=bf16, memory=self._memory)
         result = distiller.run(progress=self.progress)
+        self._memory = distiller.memory()
         state = {k: v.detach().cpu() for k, v in result.student.state_dict().items()}
         info_row = {"distill_seconds": round(result.seconds, 2)}
         if result.defense_state:

@@ -141,7 +141,8 @@ class Distiller:
     def __init__(self, teacher: nn.Module | list[nn.Module], student: nn.Module, info: DatasetInfo, cfg,
                  device: torch.device | str = "cpu", seed: int = 0, defense: Defense | None = None,
                  real_data: ImageSet | None = None, teacher_weights: list[float] | None = None,
-                 channels_last: bool = False, bf16: bool = False, ensemble_rule: str = "logit_mean") -> None:
+                 channels_last: bool = False, bf16: bool = False, ensemble_rule: str = "logit_mean",
+                 memory: dict[str, torch.Tensor] | None = None) -> None:
         self.device = torch.device(device)
         members = teacher if isinstance(teacher, (list, tuple)) else [teacher]
         self.teacher = (members[0] if len(members) == 1 and teacher_weights is None else
@@ -161,6 +162,7 @@ class Distiller:
         if channels_last:
             self.teacher.to(memory_format=torch.channels_last)
             self.student.to(memory_format=torch.channels_last)
+        self.carried = dict(memory or {})  # a previous run's :meth:`memory` (methods that carry state read it)
         self.iteration_index = 0
         self.in_final_phase = False
         self.final_phase_sched: torch.optim.lr_scheduler.LRScheduler | None = None
@@ -176,6 +178,11 @@ class Distiller:
     def iteration(self, it: int) -> dict:
         """One iteration; returns scalar metrics (losses)."""
         raise NotImplementedError
+
+    def memory(self) -> dict[str, torch.Tensor]:
+        """What a later run of this method may continue from (tensors, e.g. a meta-learned generator);
+        passed back as ``memory=`` to the next round's distiller. Empty: the method starts afresh."""
+        return {}
 
     # -- shared helpers -------------------------------------------------------------------------
     def prep(self, x: torch.Tensor) -> torch.Tensor:
@@ -208,16 +215,45 @@ class Distiller:
         from .losses import kl_div
         return kl_div(p_logits, q_logits, reduction="none")
 
-    @property
-    def final_phase_start(self) -> int:
+    #: the final phase starts at a KD step inside an iteration instead of at an iteration boundary
+    #: (set by methods whose config asks for it; they then call :meth:`final_phase_at_step` before
+    #: every KD step)
+    final_phase_in_steps: bool = False
+
+    def _phase_start(self, total: int) -> int:
         frac = self.defense.final_phase_fraction
         if frac <= 0:
-            return self.total_iterations
-        return max(0, self.total_iterations - max(1, math.ceil(frac * self.total_iterations)))
+            return total
+        return max(0, total - max(1, math.ceil(frac * total)))
 
-    def on_final_phase(self) -> None:
+    @property
+    def final_phase_start(self) -> int:
+        """The iteration at which the defence's final phase starts (the end when it starts inside an
+        iteration, :attr:`final_phase_in_steps`)."""
+        if self.final_phase_in_steps:
+            return self.total_iterations
+        return self._phase_start(self.total_iterations)
+
+    def final_phase_at_step(self, step: int, total_steps: int) -> None:
+        """For :attr:`final_phase_in_steps` methods, before KD step ``step`` of ``total_steps`` in the
+        run: enter the final phase at the last ``fraction`` of the steps, then anneal its LR per step."""
+        start = self._phase_start(total_steps)
+        if step < start:
+            return
+        if not self.in_final_phase:
+            self._enter_final_phase(total_steps - start)
+        elif self.final_phase_sched is not None:
+            self.final_phase_sched.step()
+
+    def _enter_final_phase(self, length: int) -> None:
+        self.in_final_phase = True
+        self.on_final_phase(length)
+        self.defense.enter_final_phase(self)
+
+    def on_final_phase(self, length: int | None = None) -> None:
         """Called once when the defence's final phase starts: the student optimiser
-        (``self.student_opt``) is switched to the defence's :class:`FinalPhase` at ``cfg.sr_lr``."""
+        (``self.student_opt``) is switched to the defence's :class:`FinalPhase` at ``cfg.sr_lr``;
+        ``length``: the phase's scheduler steps (iterations, or KD steps when it starts inside one)."""
         plan = self.defense.final_phase_optimizer
         opt = getattr(self, "student_opt", None)
         if opt is None or not hasattr(self.cfg, "sr_lr"):
@@ -231,7 +267,7 @@ class Distiller:
         for group in opt.param_groups:
             group["lr"] = lr
         if plan.schedule == "cosine":
-            n = max(1, self.total_iterations - self.final_phase_start)
+            n = max(1, self.total_iterations - self.final_phase_start if length is None else length)
             self.final_phase_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n)
         elif plan.schedule != "constant":
             raise ValueError(f"unknown final-phase LR schedule {plan.schedule!r}")
@@ -273,13 +309,11 @@ class Distiller:
         for it in range(total):
             self.iteration_index = it
             if not self.in_final_phase and it >= self.final_phase_start:
-                self.in_final_phase = True
-                self.on_final_phase()
-                self.defense.enter_final_phase(self)
+                self._enter_final_phase(total - self.final_phase_start)
             self.student.train()
             lr = self.student_lr()
             metrics = self.iteration(it)
-            if self.final_phase_sched is not None:
+            if self.final_phase_sched is not None and not self.final_phase_in_steps:
                 self.final_phase_sched.step()
             last = it == total - 1
             row = {"iteration": it + 1, "phase": "final" if self.in_final_phase else "main", "lr": lr, **metrics}

@@ -25,7 +25,8 @@ One iteration = one epoch:
    cosine learning rate (``s_schedule``: "epoch" restarts it every epoch, "run" anneals over
    the whole run; the authors' anneals over the whole run, the paper preset's choice). In a
    defence's final phase the student optimiser is the base class's (:meth:`Distiller.on_final_phase`,
-   with SR a fresh SGD from ``sr_lr`` annealed to 0 per epoch) and ``defense.final_phase_step`` runs
+   with SR a fresh SGD from ``sr_lr`` annealed to 0 per epoch, or per KD step with
+   ``final_phase_unit="step"``, whose fraction counts KD steps: the `fed` preset's) and ``defense.final_phase_step`` runs
    between backward and step.
 """
 from __future__ import annotations
@@ -39,7 +40,7 @@ from torch import nn
 
 from ...device import autocast
 from ...models import create_generator
-from ...models.ensemble import Ensemble
+from ...models.ensemble import Ensemble, combine_logits
 from ..base import DISTILLERS, Distiller
 from ..losses import kd_loss, kl_div
 
@@ -74,6 +75,11 @@ class CMIConfig:
     s_wd: float = 1e-4
     s_schedule: str = "run"  # "epoch": cosine restarted each epoch; "run": cosine over the whole run
     sr_lr: float = 5e-4  # student LR at the start of a defence's final phase
+    # where a defence's final phase (SR) may start: "epoch" (whole epochs, the authors') or "step"
+    # (its fraction counts KD steps, so a short per-round run is not 1/epochs SR)
+    final_phase_unit: str = "epoch"
+    # across runs (federated rounds): synthetic images kept for the next run's KD (0 = none, the authors')
+    pool_carry: int = 0
 
 
 presets = {
@@ -83,7 +89,7 @@ presets = {
                        bank_size=40960, n_neg=4096, head_dim=256, kd_steps=400, kd_batch=128, tau=20.0,
                        s_lr=0.1, s_momentum=0.9, s_wd=1e-4, s_schedule="run", sr_lr=5e-4),
     # one federated round on the CPU: the student is warm-started from the previous round's
-    "fed": CMIConfig(epochs=5, kd_steps=60),
+    "fed": CMIConfig(epochs=5, kd_steps=60, final_phase_unit="step"),
     # the smallest run through every code path (tests, and a quick check of a set-up)
     "smoke": CMIConfig(epochs=2, g_steps=2, synth_batch=8, kd_steps=2, kd_batch=8, generator_width=8, nz=16,
                        bank_size=32, n_neg=8, head_dim=16),
@@ -213,6 +219,7 @@ class CMIDistiller(Distiller):
         cfg, info = self.cfg, self.info
         if cfg.s_schedule not in ("epoch", "run"):
             raise ValueError(f"s_schedule must be 'epoch' or 'run', got {cfg.s_schedule!r}")
+        self.set_final_phase_unit()
         self.members = list(self.teacher.members) if isinstance(self.teacher, Ensemble) else [self.teacher]
         if isinstance(self.teacher, Ensemble):
             self.member_weights = self.teacher.weights.detach().clone()
@@ -232,8 +239,29 @@ class CMIDistiller(Distiller):
         self.head_opt = torch.optim.Adam(self.head.parameters(), lr=cfg.g_lr, betas=(cfg.head_beta1, 0.999))
         self.bank = torch.empty(0, 2 * feat.shape[1], device=self.device)
         self.pool = torch.empty(0, *info.shape, device=self.device)
+        self.restore_pool()
         self.student_opt = torch.optim.SGD(self.student.parameters(), lr=cfg.s_lr, momentum=cfg.s_momentum,
                                            weight_decay=cfg.s_wd)
+
+    # -- memory across runs: the last ``pool_carry`` synthetic images ------------------------------
+    def memory(self) -> dict[str, torch.Tensor]:
+        n = self.cfg.pool_carry
+        return {"pool": self.pool[-n:].detach().cpu().clone()} if n > 0 and self.pool.shape[0] else {}
+
+    def restore_pool(self) -> None:
+        """Start the pool from a previous run's images (when ``pool_carry`` and they fit this dataset)."""
+        pool = self.carried.get("pool")
+        if self.cfg.pool_carry > 0 and pool is not None and tuple(pool.shape[1:]) == tuple(self.pool.shape[1:]):
+            self.pool = pool[-self.cfg.pool_carry:].to(self.device, torch.float32)
+
+    def set_final_phase_unit(self) -> None:
+        if self.cfg.final_phase_unit not in ("epoch", "step"):
+            raise ValueError(f"final_phase_unit must be 'epoch' or 'step', got {self.cfg.final_phase_unit!r}")
+        self.final_phase_in_steps = self.cfg.final_phase_unit == "step"
+
+    def kd_step_index(self, it: int, k: int) -> tuple[int, int]:
+        """KD step ``k`` of epoch ``it`` as (step, total steps) of the run."""
+        return it * self.cfg.kd_steps + k, self.cfg.epochs * self.cfg.kd_steps
 
     # hooks live only during the synthesis, so the KD steps' teacher calls pay nothing for them
     def _add_hooks(self) -> None:
@@ -250,21 +278,33 @@ class CMIDistiller(Distiller):
 
     # -- teacher passes for the inversion -----------------------------------------------------------
     def _invert_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Teacher logits (weighted member mean; members called one by one so that every BN hook
-        fires) and the contrastive features (B, D) of normalised input ``x``; input gradients flow."""
+        """Teacher logits (members called one by one so that every BN hook fires, combined by the
+        ensemble's rule, the same target the KD steps use) and the contrastive features (B, D) of
+        normalised input ``x``; input gradients flow."""
         x = self.prep(x)
-        logits, feats = 0.0, []
-        for k, m in enumerate(self.members):
+        outs, feats = [], []
+        for m in self.members:
             with autocast(self.device, self.bf16):
                 if self.uses_bn:
                     out = m(x)
                 else:
                     out, maps = m(x, return_features=True)
                     feats.extend(f.float().mean(dim=(2, 3)) for f in maps)
-            logits = logits + self.member_weights[k] * out.float()
+            outs.append(out.float())
         if self.uses_bn:
             feats = [h.instance_mean for h in self.bn_hooks]
-        return logits, torch.cat(feats, 1)
+        return self._combine(outs), torch.cat(feats, 1)
+
+    def _combine(self, outs: list[torch.Tensor]) -> torch.Tensor:
+        """The members' logits as the ensemble combines them (a weighted sum for ``logit_mean``,
+        summed in member order as before the rules existed)."""
+        rule = getattr(self.teacher, "combine", "logit_mean")
+        if rule == "logit_mean" or len(outs) == 1:
+            logits = 0.0
+            for w, out in zip(self.member_weights, outs):
+                logits = logits + w * out
+            return logits
+        return combine_logits(torch.stack(outs), self.member_weights, rule)
 
     def _bn_loss(self) -> torch.Tensor:
         if not self.uses_bn:
@@ -346,6 +386,14 @@ class CMIDistiller(Distiller):
             self.bank = torch.cat([self.bank, best_feat.float()])[-cfg.bank_size:] if cfg.bank_size > 0 else self.bank
         return best
 
+    def kd_lr(self, it: int, k: int) -> float:
+        """The student's LR at KD step ``k`` of epoch ``it`` (cosine, see ``s_schedule``)."""
+        cfg = self.cfg
+        if cfg.s_schedule == "epoch":
+            return 0.5 * cfg.s_lr * (1 + math.cos(math.pi * k / cfg.kd_steps))
+        done, total = it * cfg.kd_steps + k, cfg.epochs * cfg.kd_steps
+        return 0.5 * cfg.s_lr * (1 + math.cos(math.pi * done / total))
+
     def kd_epoch(self, it: int) -> dict:
         cfg, info, g = self.cfg, self.info, self.generator
         losses, extra = [], {}
@@ -354,14 +402,11 @@ class CMIDistiller(Distiller):
             return {"loss_kd": float("nan")}
         self.student.train()
         for k in range(cfg.kd_steps):
+            if self.final_phase_in_steps:
+                self.final_phase_at_step(*self.kd_step_index(it, k))
             if not self.in_final_phase:  # the final phase's LR is the base class's (on_final_phase)
-                if cfg.s_schedule == "epoch":
-                    lr = 0.5 * cfg.s_lr * (1 + math.cos(math.pi * k / cfg.kd_steps))
-                else:
-                    done, total = it * cfg.kd_steps + k, cfg.epochs * cfg.kd_steps
-                    lr = 0.5 * cfg.s_lr * (1 + math.cos(math.pi * done / total))
                 for group in self.student_opt.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = self.kd_lr(it, k)
             idx = torch.randint(0, size, (min(cfg.kd_batch, size),), generator=g).to(self.device)
             x = info.normalize(random_translate_flip(self.pool[idx], info.hflip, g)).detach()
             t = self.teacher_logits(x)
