@@ -68,6 +68,10 @@ class ScenarioConfig:
     local_epochs: int = 5
     local_lr: float = 0.05
     local_batch_size: int = 64
+    # L2 bound on each local step's gradient (0 = off). 10 is above every step of local training
+    # from a fresh or FedAvg model on the default data (at most 7.6, benchmarks/results/local_clip.md)
+    # and stops the first steps from a distilled student (13.8, then 68.7) from killing the model
+    local_clip: float = 10.0
     client_arch: str = "lenet5"
     client_archs: Optional[list] = None  # heterogeneous: one architecture per client (overrides client_arch)
     # attack
@@ -200,6 +204,8 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     for key in ("local_lr", "scale", "max_weight_abs", "client_timeout"):
         if getattr(cfg, key) <= 0:
             raise bad(key, f"must be > 0, got {getattr(cfg, key)}")
+    if cfg.local_clip < 0:
+        raise bad("local_clip", f"must be >= 0 (0 = off), got {cfg.local_clip}")
     if not 0 <= cfg.seed < 2**63:
         raise bad("seed", f"must be between 0 and 2**63 - 1, got {cfg.seed}")
     if cfg.min_clients > cfg.per_round:

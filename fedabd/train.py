@@ -25,6 +25,7 @@ class TrainConfig:
     weight_decay: float = 5e-4
     augment: bool = True  # random crop (pad H/8) + horizontal flip where the dataset allows it
     bf16: bool = False
+    clip: float = 0.0  # > 0: clip each step's gradient to this L2 norm (0 = off)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -58,7 +59,8 @@ def train_classifier(model: torch.nn.Module, data: ImageSet, cfg: TrainConfig, d
                      seed: int = 0, progress: Progress | None = None,
                      objective: Callable[[torch.Tensor, torch.nn.Module], torch.Tensor] | None = None,
                      after_step: Callable[[torch.nn.Module], None] | None = None) -> dict:
-    """SGD with momentum and a cosine schedule; returns the final epoch's mean loss and accuracy.
+    """SGD with momentum and a cosine schedule (each step's gradient clipped to ``cfg.clip`` in L2
+    norm when it is > 0); returns the final epoch's mean loss and accuracy.
 
     ``objective(ce, model)`` turns every batch's cross-entropy into the loss minimised (e.g. an
     attacker's anomaly-evasion term added to it); ``after_step(model)`` runs after every optimiser
@@ -85,6 +87,8 @@ def train_classifier(model: torch.nn.Module, data: ImageSet, cfg: TrainConfig, d
             total_loss = objective(loss, model) if objective is not None else loss
             opt.zero_grad(set_to_none=True)
             total_loss.backward()
+            if cfg.clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.clip)
             opt.step()
             if after_step is not None:
                 after_step(model)

@@ -138,6 +138,7 @@ def test_scenario_paths_that_are_not_small_regular_files_are_refused(tmp_path):
 @pytest.mark.parametrize("values, needle", [
     ({"seed": -1}, "seed: must be between 0"),
     ({"local_lr": float("nan")}, "local_lr: must be a finite number"),
+    ({"local_clip": -1.0}, "local_clip: must be >= 0"),
     ({"client_timeout": float("inf")}, "client_timeout: must be a finite number"),
     ({"device": "banana"}, "device: unknown device 'banana'"),
     ({"device": "cuda:7"}, "device: "),

@@ -132,3 +132,32 @@ def test_client_store_keeps_a_heterogeneous_clients_own_model_per_round(tmp_path
     assert store.load(4, 3, other) is None and "ignoring its saved model" in caplog.text  # wrong shapes
     store.path(4, 2).write_bytes(b"\x80\x04 pickled payload")
     assert store.load(4, 2, ref) is None and "pickle" in caplog.text  # never unpickled
+
+
+def test_local_training_clips_each_step_to_the_bound():
+    """``local_clip``: no step moves the weights by more than lr x clip (first momentum-SGD step,
+    no weight decay), whatever the gradient; 0 leaves the step as it was."""
+    from fedabd.data import DatasetInfo, ImageSet
+    from fedabd.train import TrainConfig, train_classifier
+
+    info = DatasetInfo("toy", 2, 1, 8, (0.5,), (0.5,))
+    data = ImageSet(torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 2, (16,)), info)
+
+    def first_step(clip):
+        torch.manual_seed(0)
+        class Steep(torch.nn.Module):  # logits 1000 x a linear map: a huge gradient on its weights
+            def __init__(self):
+                super().__init__()
+                self.fc = torch.nn.Linear(64, 2)
+
+            def forward(self, x):
+                return 1000.0 * self.fc(x.flatten(1))
+
+        model = Steep()
+        before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+        cfg = TrainConfig(epochs=1, batch_size=16, lr=0.1, weight_decay=0.0, augment=False, clip=clip)
+        train_classifier(model, data, cfg, torch.device("cpu"), seed=0)
+        return float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+
+    assert first_step(0.0) > 0.1 * 10.0
+    assert first_step(10.0) == pytest.approx(0.1 * 10.0, rel=1e-4)
