@@ -336,18 +336,29 @@ def read_yaml(path: str | Path) -> dict:
     return data
 
 
+def _label(path: Path) -> str:
+    """How errors name a scenario file: a shipped one by its name, any other by its path."""
+    from .scenario_files import scenario_dir
+    try:
+        if path.resolve().parent == scenario_dir().resolve():
+            return f"scenario {path.stem!r}"
+    except OSError:
+        pass
+    return str(path)
+
+
 def load_scenario(path: str | Path | None = None, overrides: dict | None = None) -> ScenarioConfig:
     """Defaults <- YAML file <- CLI overrides (only keys whose value is not None)."""
     values: dict = {}
     where = "defaults"
     if path is not None:
         values.update(read_yaml(path))
-        where = str(path)
+        where = _label(Path(path))
         build(values, where)  # errors in the file name the file
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     values.update(overrides)
     if overrides:
-        where = f"{path} + command-line flags" if path is not None else "command-line flags"
+        where = f"{where} + command-line flags" if path is not None else "command-line flags"
     return build(values, where)
 
 

@@ -55,7 +55,7 @@ def explain(cfg: ScenarioConfig, rows: list[dict]) -> str:
             f"of triggered test images (true class other than {target}) it puts in class {target}: lower is better.")
     if aggregator_class(cfg.aggregator).uses_defense:
         defended = cfg.aggregator + ("+abd" if cfg.abd in ("none", "sv+sr") else f"+{cfg.abd}")
-        text += f" To see what ABD changes, add --compare {cfg.aggregator},{defended}."
+        text += f" To see FedAvg beside it and what ABD changes, add --compare fedavg,{cfg.aggregator},{defended}."
     return text
 
 

@@ -137,6 +137,6 @@ def test_a_run_ends_by_saying_what_its_numbers_mean():
     rows = [{"round": 0}, {"round": 1, "malicious": [3, 4]}, {"round": 2, "malicious": [4]}]
     text = explain(load_scenario(None, {"malicious": 2, "abd": "sv+sr", "target": 7}), rows)
     assert "clients 3, 4 attacked (poison: badnet_grid trigger, target class 7)" in text
-    assert "puts in class 7" in text and "--compare distill,distill+abd" in text
+    assert "puts in class 7" in text and "--compare fedavg,distill,distill+abd" in text
     text = explain(load_scenario(None, {"aggregator": "fedavg", "scale": 5.0}), [{"round": 0}, {"round": 1}])
     assert text.startswith("What this shows: no client attacked;") and "--compare" not in text

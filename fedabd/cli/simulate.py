@@ -100,7 +100,7 @@ def resumed_config(folder: Path, scenario: Optional[Path], flags: dict):
 
 
 def simulate_cmd(
-    scenario: Annotated[Optional[str], typer.Option(help="Scenario YAML file or shipped scenario name.")] = None,
+    scenario: Annotated[Optional[str], typer.Option(help="Scenario YAML file or shipped scenario name (default: the shipped `default`).")] = None,
     clients: Annotated[Optional[int], typer.Option(help="Number of clients.")] = None,
     malicious: Annotated[Optional[int], typer.Option(help="Number of malicious clients.")] = None,
     rounds: Annotated[Optional[int], typer.Option()] = None,
@@ -140,7 +140,7 @@ def simulate_cmd(
                 raise ConfigError("--resume continues one run; it takes neither --compare nor --overwrite")
             cfg = resumed_config(resume, resolve_scenario(scenario) if scenario else None, flags)
         else:
-            cfg = load_scenario(resolve_scenario(scenario) if scenario else None, flags)
+            cfg = load_scenario(resolve_scenario(scenario or "default"), flags)
         variants = compare_variants(cfg, compare) if compare else None
         for v in (variants or {"": cfg}).values():  # every folder checked before the first run starts
             check_run_folder(v.out, v.to_json(), resume=resume is not None, overwrite=overwrite)

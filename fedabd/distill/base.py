@@ -250,7 +250,7 @@ class Distiller:
         self.on_final_phase(length)
         self.defense.enter_final_phase(self)
 
-    def on_final_phase(self, length: int | None = None) -> None:
+    def on_final_phase(self, length: int) -> None:
         """Called once when the defence's final phase starts: the student optimiser
         (``self.student_opt``) is switched to the defence's :class:`FinalPhase` at ``cfg.sr_lr``;
         ``length``: the phase's scheduler steps (iterations, or KD steps when it starts inside one)."""
@@ -267,7 +267,7 @@ class Distiller:
         for group in opt.param_groups:
             group["lr"] = lr
         if plan.schedule == "cosine":
-            n = max(1, self.total_iterations - self.final_phase_start if length is None else length)
+            n = max(1, length)
             self.final_phase_sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=n)
         elif plan.schedule != "constant":
             raise ValueError(f"unknown final-phase LR schedule {plan.schedule!r}")
