@@ -47,7 +47,8 @@ from ...device import autocast
 from ...models import create_generator
 from ..base import DISTILLERS
 from ..losses import kl_div
-from .cmi import CMIDistiller, random_translate_flip
+from ..augment import random_translate_flip
+from .cmi import CMIDistiller
 
 
 @dataclass(frozen=True)
