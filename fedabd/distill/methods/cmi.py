@@ -176,14 +176,7 @@ class CMIDistiller(Distiller):
         if cfg.s_schedule not in ("epoch", "run"):
             raise ValueError(f"s_schedule must be 'epoch' or 'run', got {cfg.s_schedule!r}")
         self.set_final_phase_unit()
-        self.members = list(self.teacher.members) if isinstance(self.teacher, Ensemble) else [self.teacher]
-        if isinstance(self.teacher, Ensemble):
-            self.member_weights = self.teacher.weights.detach().clone()
-        else:
-            self.member_weights = torch.ones(1, device=self.device)
-        self.bn_layers = [mod for m in self.members for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
-        self.uses_bn = bool(self.bn_layers)
-        self.bn_hooks: list[_BNHook] = []
+        self.setup_members()
         try:
             self._add_hooks()
             with torch.no_grad():
@@ -198,6 +191,15 @@ class CMIDistiller(Distiller):
         self.restore_pool()
         self.student_opt = torch.optim.SGD(self.student.parameters(), lr=cfg.s_lr, momentum=cfg.s_momentum,
                                            weight_decay=cfg.s_wd)
+
+    def setup_members(self) -> None:
+        """The teachers one by one (an ensemble's members), their weights and BatchNorm layers."""
+        ensemble = isinstance(self.teacher, Ensemble)
+        self.members = list(self.teacher.members) if ensemble else [self.teacher]
+        self.member_weights = self.teacher.weights.detach().clone() if ensemble else torch.ones(1, device=self.device)
+        self.bn_layers = [mod for m in self.members for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
+        self.uses_bn = bool(self.bn_layers)
+        self.bn_hooks = []
 
     # -- memory across runs: the last ``pool_carry`` synthetic images ------------------------------
     def memory(self) -> dict[str, torch.Tensor]:

@@ -116,7 +116,7 @@ def bn_momentum_loss(x: torch.Tensor, bn: nn.BatchNorm2d, past: tuple[torch.Tens
 
 class _MomentumBNHook:
     """Forward hook on a teacher's BatchNorm2d: :func:`bn_momentum_loss` of its input at each call,
-    the last call's statistics kept for :meth:`update` at the end of the epoch."""
+    the last call's statistics kept for :meth:`updated` at the end of the epoch."""
 
     def __init__(self, module: nn.BatchNorm2d, past, rate: float) -> None:
         self.past, self.rate, self.last = past, rate, None
@@ -173,12 +173,7 @@ class FastDistiller(CMIDistiller):
         if cfg.meta not in ("fomaml", "reptile"):
             raise ValueError(f"meta must be 'fomaml' or 'reptile', got {cfg.meta!r}")
         self.set_final_phase_unit()
-        self.members = list(self.teacher.members) if hasattr(self.teacher, "members") else [self.teacher]
-        self.member_weights = (self.teacher.weights.detach().clone() if hasattr(self.teacher, "weights")
-                               else torch.ones(1, device=self.device))
-        self.bn_layers = [mod for m in self.members for mod in m.modules() if isinstance(mod, nn.BatchNorm2d)]
-        self.uses_bn = bool(self.bn_layers)
-        self.bn_hooks = []
+        self.setup_members()
         self.meta_gen = create_generator("cmi", cfg.nz, info.channels, info.image_size, cfg.generator_width).to(self.device)
         self.meta_opt = torch.optim.Adam(self.meta_gen.parameters(), lr=cfg.g_lr * cfg.g_steps, betas=(0.5, 0.999))
         self.pool = torch.empty(0, *info.shape, device=self.device)
