@@ -248,3 +248,24 @@ def test_pool_carry_hands_the_last_synthetic_images_to_the_next_run():
     plain = create_distiller("cmi", teacher, student, info, preset="smoke", seed=1, memory=mem)
     plain.run()
     assert plain.pool.shape[0] == 16 and plain.memory() == {}
+
+
+@pytest.mark.parametrize("method", ["cmi", "fast"])
+def test_kd_without_augmentation_runs_each_pool_image_through_the_teachers_once(method):
+    """``kd_augment=False``: the KD targets are the teachers' outputs on the pool images as
+    synthesised, computed once per image for the whole run, not once per KD step."""
+    from fedabd.data import dataset_info
+    info = dataset_info("mnist_subset")
+    torch.manual_seed(0)
+    teacher = create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    student = create_model("lenet5", num_classes=10, in_channels=1, image_size=28)
+    d = create_distiller(method, teacher, student, info, preset="smoke", seed=0,
+                         overrides={"kd_augment": False, "kd_steps": 5, "kd_batch": 4})
+    calls = []
+    original = d.teacher_logits
+    d.teacher_logits = lambda x, grad=False: calls.append((x.shape[0], grad)) or original(x, grad)
+    d.run()
+    assert sum(n for n, grad in calls if not grad) == d.pool.shape[0]  # each pool image once
+    with torch.no_grad():
+        expected = teacher(info.normalize(d.pool))
+    assert torch.allclose(d.pool_teacher_logits(), expected, atol=1e-5)

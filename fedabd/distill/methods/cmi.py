@@ -81,6 +81,8 @@ class CMIConfig:
     final_phase_unit: str = "epoch"
     # across runs (federated rounds): synthetic images kept for the next run's KD (0 = none, the authors')
     pool_carry: int = 0
+    # KD batches translated / flipped (the authors'); False: images as synthesised, teachers run once per image
+    kd_augment: bool = True
 
 
 presets = {
@@ -366,8 +368,11 @@ class CMIDistiller(Distiller):
                 for group in self.student_opt.param_groups:
                     group["lr"] = self.kd_lr(it, k)
             idx = torch.randint(0, size, (min(cfg.kd_batch, size),), generator=g).to(self.device)
-            x = info.normalize(random_translate_flip(self.pool[idx], info.hflip, g)).detach()
-            t = self.teacher_logits(x)
+            if cfg.kd_augment:
+                x = info.normalize(random_translate_flip(self.pool[idx], info.hflip, g)).detach()
+                t = self.teacher_logits(x)
+            else:
+                x, t = info.normalize(self.pool[idx]), self.pool_teacher_logits()[idx]
             s = self.student_logits(x)
             loss = kd_loss(t, s, cfg.tau)
             for key, v in self.student_step(loss, x).items():
@@ -376,6 +381,17 @@ class CMIDistiller(Distiller):
         row = {"loss_kd": sum(losses) / len(losses)}
         row.update({key: sum(v) / len(v) for key, v in extra.items()})
         return row
+
+    def pool_teacher_logits(self) -> torch.Tensor:
+        """The teachers' logits on every pool image as synthesised (``kd_augment=False``): images
+        added since the last call are run through the teachers once, in KD-batch chunks."""
+        cache = getattr(self, "_pool_logits", None)
+        done = 0 if cache is None else cache.shape[0]
+        new = [self.teacher_logits(self.info.normalize(self.pool[i:i + self.cfg.kd_batch]))
+               for i in range(done, self.pool.shape[0], self.cfg.kd_batch)]
+        if new:
+            self._pool_logits = torch.cat(([cache] if cache is not None else []) + new)
+        return self._pool_logits
 
     def iteration(self, it: int) -> dict:
         row = self.synthesize()

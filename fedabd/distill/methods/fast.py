@@ -78,6 +78,7 @@ class FastConfig:
     s_wd: float = 1e-4
     sr_lr: float = 5e-4  # student LR at the start of a defence's final phase
     final_phase_unit: str = "epoch"  # as CMI's: "epoch" or "step"
+    kd_augment: bool = True  # as CMI's
     # across runs (federated rounds)
     carry: bool = True  # continue from a previous run's memory when given one
     pool_carry: int = 2048  # pool images kept in the memory (the most recent)
