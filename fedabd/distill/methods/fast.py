@@ -92,7 +92,9 @@ presets = {
                         reset_l0_epoch=140, kd_steps=400, kd_batch=256, tau=20.0, s_lr=0.2, s_min_lr=2e-4,
                         s_momentum=0.9, s_wd=1e-4, sr_lr=5e-4),
     # one federated round on the CPU: the generator and pool carry over from the previous round's
-    "fed": FastConfig(epochs=5, warmup=20, kd_steps=60, final_phase_unit="step"),
+    # (KD on the pool as synthesised: same Acc after three rounds of the demo, 1.3x less distillation
+    # time at 5 teachers, the teachers' KD cost no longer grows with the KD steps; results/quickstart)
+    "fed": FastConfig(epochs=5, warmup=20, kd_steps=60, final_phase_unit="step", kd_augment=False),
     "smoke": FastConfig(epochs=2, g_steps=2, synth_batch=8, kd_steps=2, kd_batch=8, generator_width=8, nz=16,
                         pool_carry=16),
 }
