@@ -9,6 +9,7 @@ CMI: epochs, OOD / vanilla: student steps). A defence plugs in through :class:`D
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -73,6 +74,19 @@ class Defense:
 
     def state(self) -> dict:
         return {}
+
+
+@contextlib.contextmanager
+def no_param_grad(module: nn.Module):
+    """Temporarily stop parameter gradients of ``module`` (input gradients still flow)."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 
 def kl_div(teacher_logits: torch.Tensor, student_logits: torch.Tensor, tau: float = 1.0,
@@ -56,3 +57,34 @@ def attention_loss(student_feats: list[torch.Tensor], teacher_attn: list[torch.T
     for fs, at in zip(student_feats, teacher_attn):
         total = total + (attention_map(fs) - at.float()).pow(2).mean()
     return total
+
+
+# -- CMI's inversion losses -------------------------------------------------------------------------
+
+def bn_stat_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """||mean_{N,H,W}(x) - running_mean||_2 + ||var_{N,H,W}(x) - running_var||_2 (biased variance)
+    for the input ``x`` (N, C, H, W) of the BatchNorm layer ``bn``."""
+    x = x.float()
+    mean = x.mean(dim=(0, 2, 3))
+    var = x.var(dim=(0, 2, 3), unbiased=False)
+    return torch.linalg.vector_norm(mean - bn.running_mean.float()) + \
+        torch.linalg.vector_norm(var - bn.running_var.float())
+
+
+def contrastive_loss(anchor: torch.Tensor, positive: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
+    """Instance contrastive loss (NT-Xent / SimCLR, SupCon without labels) on L2-normalised features.
+
+    The 2N features z = [anchor; positive] each have one positive (the other view of the same
+    instance) and 2N-2 negatives: -mean_i log( exp(z_i.z_p(i)/t) / sum_{j != i} exp(z_i.z_j/t) ).
+    """
+    n = anchor.shape[0]
+    z = F.normalize(torch.cat([anchor, positive], 0).float(), dim=1)
+    sim = z @ z.t() / temperature
+    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
+    return F.cross_entropy(sim, target)
+
+
+def tv_loss(x: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference of neighbouring pixels (DeepInversion's l2 total variation)."""
+    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()

@@ -31,6 +31,7 @@ One iteration = one epoch:
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -41,9 +42,9 @@ from torch import nn
 from ...device import autocast
 from ...models import create_generator
 from ...models.ensemble import Ensemble, combine_logits
-from ..base import DISTILLERS, Distiller
+from ..base import DISTILLERS, Distiller, no_param_grad
 from ..augment import random_resized_crop, random_translate_flip
-from ..losses import kd_loss, kl_div
+from ..losses import bn_stat_loss, contrastive_loss, kd_loss, kl_div, tv_loss
 
 
 @dataclass(frozen=True)
@@ -97,37 +98,6 @@ presets = {
     "smoke": CMIConfig(epochs=2, g_steps=2, synth_batch=8, kd_steps=2, kd_batch=8, generator_width=8, nz=16,
                        bank_size=32, n_neg=8, head_dim=16),
 }
-
-
-# -- losses (module level, so tests check them on hand-made cases) ---------------------------------
-
-def bn_stat_loss(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """||mean_{N,H,W}(x) - running_mean||_2 + ||var_{N,H,W}(x) - running_var||_2 (biased variance)
-    for the input ``x`` (N, C, H, W) of the BatchNorm layer ``bn``."""
-    x = x.float()
-    mean = x.mean(dim=(0, 2, 3))
-    var = x.var(dim=(0, 2, 3), unbiased=False)
-    return torch.linalg.vector_norm(mean - bn.running_mean.float()) + \
-        torch.linalg.vector_norm(var - bn.running_var.float())
-
-
-def contrastive_loss(anchor: torch.Tensor, positive: torch.Tensor, temperature: float = 0.1) -> torch.Tensor:
-    """Instance contrastive loss (NT-Xent / SimCLR, SupCon without labels) on L2-normalised features.
-
-    The 2N features z = [anchor; positive] each have one positive (the other view of the same
-    instance) and 2N-2 negatives: -mean_i log( exp(z_i.z_p(i)/t) / sum_{j != i} exp(z_i.z_j/t) ).
-    """
-    n = anchor.shape[0]
-    z = F.normalize(torch.cat([anchor, positive], 0).float(), dim=1)
-    sim = z @ z.t() / temperature
-    sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=z.device), float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
-    return F.cross_entropy(sim, target)
-
-
-def tv_loss(x: torch.Tensor) -> torch.Tensor:
-    """Mean squared difference of neighbouring pixels (DeepInversion's l2 total variation)."""
-    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
 
 
 class MLPHead(nn.Module):
@@ -236,6 +206,27 @@ class CMIDistiller(Distiller):
         """tau^2 * KL_tau per sample, the KD loss's own form (the authors' CMI unlearning)."""
         return kl_div(p_logits, q_logits, self.cfg.tau, reduction="none") * self.cfg.tau ** 2
 
+    @contextlib.contextmanager
+    def synthesis_mode(self):
+        """During a synthesis: the student in eval mode without parameter gradients and the teachers'
+        BN hooks on; all undone after."""
+        was_training = self.student.training
+        self.student.eval()
+        self._add_hooks()
+        try:
+            with no_param_grad(self.student):
+                yield
+        finally:
+            self._remove_hooks()
+            self.student.train(was_training)
+
+    def adversarial_loss(self, x: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor:
+        """-mean_i 1[argmax S = argmax T] * KL(T || S) on ``x``: the synthesis seeks where the student
+        still agrees with the teacher but matches it least."""
+        s_logits = self.student_logits(x)
+        agree = (s_logits.argmax(1) == t_logits.argmax(1)).float()
+        return -(kl_div(t_logits, s_logits, reduction="none") * agree).mean()
+
     # -- teacher passes for the inversion -----------------------------------------------------------
     def _invert_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher logits (members called one by one so that every BN hook fires, combined by the
@@ -281,16 +272,10 @@ class CMIDistiller(Distiller):
         z = torch.randn(n, cfg.nz, generator=g).to(self.device).requires_grad_(True)
         y = torch.randint(0, info.num_classes, (n,), generator=g).to(self.device)
         opt = torch.optim.Adam([{"params": gen.parameters()}, {"params": [z]}], lr=cfg.g_lr, betas=(0.5, 0.999))
-        student_req = [p.requires_grad for p in self.student.parameters()]
-        for p in self.student.parameters():
-            p.requires_grad_(False)
-        was_training = self.student.training
-        self.student.eval()
         best = {"loss_inv": math.inf}
         best_x = best_feat = None
         n_neg = min(cfg.n_neg, self.bank.shape[0])
-        self._add_hooks()
-        try:
+        with self.synthesis_mode():
             for _ in range(cfg.g_steps):
                 x = gen(z)  # pixel space [0, 1]
                 xg = info.normalize(random_translate_flip(x, info.hflip, g))
@@ -298,12 +283,7 @@ class CMIDistiller(Distiller):
                 t_logits, gfeat = self._invert_forward(xg)
                 loss_bn = self._bn_loss()
                 loss_oh = F.cross_entropy(t_logits, y)
-                if cfg.adv > 0:
-                    s_logits = self.student_logits(xg)
-                    agree = (s_logits.argmax(1) == t_logits.argmax(1)).float()
-                    loss_adv = -(kl_div(t_logits, s_logits, reduction="none") * agree).mean()
-                else:
-                    loss_adv = torch.zeros((), device=self.device)
+                loss_adv = self.adversarial_loss(xg, t_logits) if cfg.adv > 0 else torch.zeros((), device=self.device)
                 if cfg.cr > 0:
                     _, lfeat = self._invert_forward(xl)
                     if n_neg > 0:
@@ -336,11 +316,6 @@ class CMIDistiller(Distiller):
                 loss.backward()
                 opt.step()
                 self.head_opt.step()
-        finally:
-            self._remove_hooks()
-            for p, r in zip(self.student.parameters(), student_req):
-                p.requires_grad_(r)
-            self.student.train(was_training)
         if best_x is not None:
             self.pool = torch.cat([self.pool, best_x.float()])
             self.bank = torch.cat([self.bank, best_feat.float()])[-cfg.bank_size:] if cfg.bank_size > 0 else self.bank

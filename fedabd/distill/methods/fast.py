@@ -46,7 +46,6 @@ from torch import nn
 from ...device import autocast
 from ...models import create_generator
 from ..base import DISTILLERS
-from ..losses import kl_div
 from ..augment import random_translate_flip
 from .cmi import CMIDistiller
 
@@ -246,28 +245,17 @@ class FastDistiller(CMIDistiller):
         meta_params = list(self.meta_gen.parameters())
         for p in meta_params:
             p.grad = torch.zeros_like(p)
-        student_req = [p.requires_grad for p in self.student.parameters()]
-        for p in self.student.parameters():
-            p.requires_grad_(False)
-        was_training = self.student.training
-        self.student.eval()
         adv_on = cfg.adv > 0 and ep >= cfg.warmup
         best = {"loss_inv": math.inf}
         best_x = None
-        self._add_hooks()
-        try:
+        with self.synthesis_mode():
             for _ in range(cfg.g_steps):
                 x = fast(z)  # pixel space [0, 1]
                 xa = info.normalize(random_translate_flip(x, info.hflip, g))
                 t_logits = self._synth_logits(xa)
                 loss_bn = self._bn_loss()
                 loss_oh = F.cross_entropy(t_logits, y)
-                if adv_on:
-                    s_logits = self.student_logits(xa)
-                    agree = (s_logits.argmax(1) == t_logits.argmax(1)).float()
-                    loss_adv = -(kl_div(t_logits, s_logits, reduction="none") * agree).mean()
-                else:
-                    loss_adv = torch.zeros((), device=self.device)
+                loss_adv = self.adversarial_loss(xa, t_logits) if adv_on else torch.zeros((), device=self.device)
                 loss = cfg.bn * loss_bn + cfg.oh * loss_oh + cfg.adv * loss_adv
                 loss = loss + self.defense.generator_loss(self, xa, t_logits)
                 value = float(loss.detach())
@@ -281,11 +269,6 @@ class FastDistiller(CMIDistiller):
                     add_fomaml_grad(meta_params, list(fast.parameters()))
                 opt.step()
             self.bn_past = [h.updated() for h in self.bn_hooks]
-        finally:
-            self._remove_hooks()
-            for p, r in zip(self.student.parameters(), student_req):
-                p.requires_grad_(r)
-            self.student.train(was_training)
         if cfg.meta == "reptile":
             set_reptile_grad(meta_params, list(fast.parameters()))
         self.meta_opt.step()

@@ -39,7 +39,6 @@ optimiser step; the generator keeps training.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -49,7 +48,7 @@ from torch import nn
 from ...device import autocast
 from ...models import create_generator
 from ...models.ensemble import Ensemble
-from ..base import DISTILLERS, Distiller
+from ..base import DISTILLERS, Distiller, no_param_grad
 from ..losses import attention_loss, attention_map, kl_div
 
 log = logging.getLogger(__name__)
@@ -103,19 +102,6 @@ PRESETS = {
     # the smallest run through every code path (tests, and a quick check of a set-up)
     "smoke": ZSKTConfig(batch_size=16, generator_width=4, pseudo_batches=3, student_steps_per_pb=3),
 }
-
-
-@contextlib.contextmanager
-def _no_param_grad(module: nn.Module):
-    """Temporarily stop parameter gradients of ``module`` (input gradients still flow)."""
-    params = [p for p in module.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 @DISTILLERS.register("zskt")
@@ -227,7 +213,7 @@ class ZSKT(Distiller):
     def _generator_step(self, z: torch.Tensor) -> tuple[float, torch.Tensor]:
         """One generator step; returns its loss and the (detached) batch it was computed on."""
         x = self._sample(z)
-        with _no_param_grad(self.student):  # only the generator's parameters get gradients
+        with no_param_grad(self.student):  # only the generator's parameters get gradients
             self.teacher_calls += 1
             t_logits = self.teacher_logits(x, grad=True)
             s_logits = self.student_logits(x)
