@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fedabd.models import GENERATORS, MODELS, create_generator, create_model
+from fedabd.models.staged import Staged, first_stage_using
 
 SETTINGS = [(1, 28, 10), (3, 32, 43)]  # (channels, image_size, num_classes)
 
@@ -141,3 +142,25 @@ def test_speed_switches_auto_on_for_batchnorm_convnets_only():
     cl, bf = speed_switches([create_model("wrn16_1", 10, 3, 32)], cpu)
     assert cl is True and bf == bf16_supported(cpu)
     assert speed_switches([create_model("wrn16_1", 10, 3, 32)], cpu, channels_last=False, bf16=False) == (False, False)
+
+
+@pytest.mark.parametrize("name", MODELS.names())
+def test_a_forward_split_between_any_two_stages_gives_the_same_logits(name):
+    """Staged classifiers (every shipped one): stopping after stage s and resuming there is the whole
+    forward, and the feature maps are the stages marked as features."""
+    torch.manual_seed(0)
+    m = create_model(name, num_classes=10, in_channels=3, image_size=32).eval()
+    assert isinstance(m, Staged)
+    x = torch.randn(2, 3, 32, 32)
+    logits, feats = m(x, return_features=True)
+    for s in range(len(m.stages()) + 1):
+        assert torch.equal(m(m(x, stop=s), start=s), logits)
+    assert len(feats) == sum(st.feature for st in m.stages())
+
+
+def test_first_stage_using_names_the_stage_that_runs_a_layer():
+    lenet = create_model("lenet5", 10, 1, 28)
+    assert first_stage_using(lenet, ["fc2", "conv2"]) == 1 and first_stage_using(lenet, ["fc1"]) == 2
+    wrn = create_model("wrn16_1", 10, 3, 32)  # stem, 2 blocks per group x 3 groups, head
+    assert first_stage_using(wrn, ["block3.layer.0.conv1"]) == 5
+    assert first_stage_using(wrn, ["nothing"]) is None and first_stage_using(nn.Linear(2, 2), ["weight"]) is None

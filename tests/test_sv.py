@@ -12,7 +12,8 @@ from fedabd.defenses.abd import (SVConfig, ShufflingVaccine, build_shuffled_teac
                                  ood_weights, shuffle_layers, shuffled_copy, suspicious_mask_and_divergence,
                                  sv_loss, tail_fraction)
 from fedabd.models import create_model
-from fedabd.models.ensemble import Ensemble, freeze
+from fedabd.models.ensemble import Ensemble, SharedStemCopies, freeze
+from fedabd.models.staged import first_stage_using
 
 
 def lenet(seed=0):
@@ -110,6 +111,33 @@ def test_ensemble_teacher_gets_k_copies_per_member_and_determinism():
     assert len(d1.shuffled.members) == 6
     assert all(torch.equal(a.fc1.weight, b.fc1.weight) for a, b in zip(d1.shuffled.members, d2.shuffled.members))
     assert torch.equal(d1.shuffled(x), d2.shuffled(x))
+
+
+@pytest.mark.parametrize("name,channels,size,members", [("lenet5", 1, 28, 1), ("lenet5", 1, 28, 3),
+                                                         ("wrn16_1", 3, 32, 2)])
+def test_shuffled_copies_share_the_unshuffled_stages_and_give_the_same_logits_and_gradients(name, channels,
+                                                                                             size, members):
+    """The stages before the first shuffled layer run once per member, not once per copy; T~(x) and its
+    input gradient are those of the plain ensemble of the same copies."""
+    torch.manual_seed(0)
+    ms = [freeze(create_model(name, 10, channels, size)) for _ in range(members)]
+    teacher = ms[0] if members == 1 else freeze(Ensemble(ms, combine="norm_median"))
+    sh, layers = build_shuffled_teacher(teacher, 3, 5, torch.Generator().manual_seed(0))
+    assert isinstance(sh, SharedStemCopies) and sh.start == first_stage_using(ms[0], layers) >= 1
+    plain = Ensemble(list(sh.members), sh.weights, combine=sh.combine, group=sh.group)
+    x = torch.randn(3, channels, size, size, requires_grad=True)
+    got, want = sh(x), plain(x)
+    assert torch.allclose(got, want, atol=1e-5)
+    g_got, = torch.autograd.grad(got.square().sum(), x)
+    g_want, = torch.autograd.grad(want.square().sum(), x)
+    assert torch.allclose(g_got, g_want, atol=1e-5 * g_want.abs().max().item())
+
+
+def test_mixed_architecture_teachers_get_plain_copies():
+    torch.manual_seed(0)
+    teacher = freeze(Ensemble([create_model("lenet5", 10, 1, 28), create_model("lenet5_half", 10, 1, 28)]))
+    sh, _ = build_shuffled_teacher(teacher, 2, 5, torch.Generator().manual_seed(0))
+    assert type(sh) is Ensemble and len(sh.members) == 4 and not sh.batched
 
 
 # -- per-sample quantities and losses -------------------------------------------------------------------

@@ -160,3 +160,45 @@ class Ensemble(nn.Module):
             w = wg.sum(1)
         combined = combine_logits(logits, w, self.combine)
         return (combined, feats) if return_features else combined
+
+
+class SharedStemCopies(Ensemble):
+    """``group`` copies of each of K models, every copy equal to its model in the stages before
+    ``start`` (:class:`~fedabd.models.staged.Staged`; SV's shuffled copies permute later layers only).
+
+    Same logits as ``Ensemble(copies, weights, combine=combine, group=group)``, computed with the
+    shared stages run once per model instead of once per copy: one batched call over the K models
+    up to ``start``, then one over the K x group copies from there on. ``models`` and ``copies``
+    share one architecture; ``copies[i * group + j]`` is model i's copy j.
+    """
+
+    def __init__(self, models: list[nn.Module], copies: list[nn.Module], weights: list[float] | torch.Tensor,
+                 combine: str, group: int, start: int) -> None:
+        super().__init__(copies, weights, batched=True, combine=combine, group=group)
+        if not self.batched or len(copies) != len(models) * group or start < 1:
+            raise ValueError("SharedStemCopies needs same-architecture copies, group per model, start >= 1")
+        self.start = start
+        stem, stem_buffers = stack_module_state([freeze(m) for m in models])
+        self._stem = ({k: v.detach() for k, v in stem.items()}, stem_buffers)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        if hasattr(self, "_stem"):
+            self._stem = tuple({k: fn(v) for k, v in d.items()} for d in self._stem)
+        return out
+
+    def member_logits(self, x: torch.Tensor, return_features: bool = False):
+        if return_features:
+            return super().member_logits(x, return_features)
+        base, k, g = self._base[0], len(self.members) // self.group, self.group
+
+        def run(params, buffers, inp, **part):
+            return functional_call(base, (params, buffers), (inp,), part)
+
+        h = torch.vmap(lambda p, b, inp: run(p, b, inp, stop=self.start), in_dims=(0, 0, None),
+                       randomness="different")(*self._stem, x)
+        per_copy = torch.vmap(lambda p, b, inp: run(p, b, inp, start=self.start), in_dims=(0, 0, None),
+                              randomness="different")
+        split = [{n: v.view(k, g, *v.shape[1:]) for n, v in d.items()} for d in (self._params, self._buffers_stacked)]
+        logits = torch.vmap(per_copy, in_dims=(0, 0, 0), randomness="different")(*split, h)
+        return logits.reshape(k * g, *logits.shape[2:])

@@ -54,7 +54,8 @@ from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
 from ...distill.base import Defense
-from ...models.ensemble import Ensemble, freeze
+from ...models.ensemble import Ensemble, SharedStemCopies, freeze
+from ...models.staged import first_stage_using
 from ..base import DEFENSES
 
 log = logging.getLogger(__name__)
@@ -191,6 +192,11 @@ def build_shuffled_teacher(teacher: nn.Module, k: int, n: int, generator: torch.
         for _ in range(k):
             copies.append(shuffled_copy(member, names, generator))
             cw.append(wm / k)
+    start = first_stage_using(members[0], layers)
+    arch = getattr(members[0], "arch", None)
+    same = arch is not None and all(getattr(m, "arch", None) == arch for m in members)
+    if start and same and len(copies) > 1:  # the stages before the first shuffled layer run once per member
+        return SharedStemCopies(members, copies, cw, combine=rule, group=k, start=start), layers
     return Ensemble(copies, cw, combine=rule, group=k), layers
 
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import MODELS
+from ..staged import Stage, Staged
 
 
 def _conv1_padding(image_size: int) -> int:
@@ -14,7 +15,7 @@ def _conv1_padding(image_size: int) -> int:
     return 2 if image_size < 32 else 0
 
 
-class LeNet5(nn.Module):
+class LeNet5(Staged):
     """conv(c1@5x5) - relu - maxpool - conv(c2@5x5) - relu - maxpool - fc - relu - fc - relu - fc."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
@@ -37,20 +38,23 @@ class LeNet5(nn.Module):
         self.fc2 = nn.Linear(f1, f2)
         self.fc3 = nn.Linear(f2, num_classes)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        f1 = F.max_pool2d(F.relu(self.conv1(x)), 2)
-        f2 = F.max_pool2d(F.relu(self.conv2(f1)), 2)
-        if f2.shape[-2:] != (self.feat_size, self.feat_size):
-            f2p = self.pool(f2)
-        else:
-            f2p = f2
-        out = torch.flatten(f2p, 1)
-        out = F.relu(self.fc1(out))
-        out = F.relu(self.fc2(out))
-        logits = self.fc3(out)
-        if return_features:
-            return logits, [f1, f2]
-        return logits
+    def stages(self) -> list[Stage]:
+        return [Stage(("conv1",), self._block1, feature=True), Stage(("conv2",), self._block2, feature=True),
+                Stage(("pool", "fc1"), self._fc1), Stage(("fc2",), self._fc2), Stage(("fc3",), self.fc3)]
+
+    def _block1(self, x: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.relu(self.conv1(x)), 2)
+
+    def _block2(self, h: torch.Tensor) -> torch.Tensor:
+        return F.max_pool2d(F.relu(self.conv2(h)), 2)
+
+    def _fc1(self, h: torch.Tensor) -> torch.Tensor:
+        if h.shape[-2:] != (self.feat_size, self.feat_size):
+            h = self.pool(h)
+        return F.relu(self.fc1(torch.flatten(h, 1)))
+
+    def _fc2(self, h: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc2(h))
 
 
 @MODELS.register("lenet5")

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import MODELS
+from ..staged import Stage, Staged
 
 
 class BasicBlock(nn.Module):
@@ -30,7 +31,7 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(Staged):
     def __init__(self, num_blocks: list[int], num_classes: int = 10, in_channels: int = 3) -> None:
         super().__init__()
         self.in_planes = 64
@@ -50,16 +51,18 @@ class ResNet(nn.Module):
             self.in_planes = planes
         return nn.Sequential(*layers)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        out = F.relu(self.bn1(self.conv1(x)))
-        f1 = self.layer1(out)
-        f2 = self.layer2(f1)
-        f3 = self.layer3(f2)
-        f4 = self.layer4(f3)
-        logits = self.linear(torch.flatten(self.pool(f4), 1))
-        if return_features:
-            return logits, [f1, f2, f3, f4]
-        return logits
+    def stages(self) -> list[Stage]:
+        out = [Stage(("conv1", "bn1"), self._stem)]
+        for g in ("layer1", "layer2", "layer3", "layer4"):
+            blocks = getattr(self, g)
+            out += [Stage((f"{g}.{i}",), b, feature=i == len(blocks) - 1) for i, b in enumerate(blocks)]
+        return out + [Stage(("linear",), self._head)]
+
+    def _stem(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn1(self.conv1(x)))
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.linear(torch.flatten(self.pool(h), 1))
 
 
 @MODELS.register("resnet18")

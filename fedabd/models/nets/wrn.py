@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import MODELS
+from ..staged import Stage, Staged
 
 
 class BasicBlock(nn.Module):
@@ -49,7 +50,7 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(Staged):
     def __init__(self, depth: int, num_classes: int, widen_factor: int = 1, in_channels: int = 3,
                  drop_rate: float = 0.0) -> None:
         super().__init__()
@@ -76,17 +77,15 @@ class WideResNet(nn.Module):
             elif isinstance(m, nn.Linear):
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor, return_features: bool = False):
-        out = self.conv1(x)
-        b1 = self.block1(out)
-        b2 = self.block2(b1)
-        b3 = self.block3(b2)
-        out = self.relu(self.bn1(b3))
-        out = torch.flatten(self.pool(out), 1)
-        logits = self.fc(out)
-        if return_features:
-            return logits, [b1, b2, b3]
-        return logits
+    def stages(self) -> list[Stage]:
+        out = [Stage(("conv1",), self.conv1)]
+        for g in ("block1", "block2", "block3"):
+            blocks = getattr(self, g).layer
+            out += [Stage((f"{g}.layer.{i}",), b, feature=i == len(blocks) - 1) for i, b in enumerate(blocks)]
+        return out + [Stage(("bn1", "fc"), self._head)]
+
+    def _head(self, h: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.relu(self.bn1(h))), 1))
 
 
 def wide_resnet(num_classes: int, in_channels: int, image_size: int, depth: int = 16, width: int = 1,
