@@ -131,6 +131,8 @@ def test_shuffled_copies_share_the_unshuffled_stages_and_give_the_same_logits_an
     g_got, = torch.autograd.grad(got.square().sum(), x)
     g_want, = torch.autograd.grad(want.square().sum(), x)
     assert torch.allclose(g_got, g_want, atol=1e-5 * g_want.abs().max().item())
+    # .to() moves the shared stages' weights with the rest (here: to float64)
+    assert torch.allclose(sh.double()(x.detach().double()), want.detach().double(), atol=1e-4)
 
 
 def test_mixed_architecture_teachers_get_plain_copies():

@@ -183,8 +183,7 @@ class SharedStemCopies(Ensemble):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        if hasattr(self, "_stem"):
-            self._stem = tuple({k: fn(v) for k, v in d.items()} for d in self._stem)
+        self._stem = tuple({k: fn(v) for k, v in d.items()} for d in self._stem)
         return out
 
     def member_logits(self, x: torch.Tensor, return_features: bool = False):
