@@ -347,6 +347,8 @@ class ShufflingVaccine(Defense):
             s_logits = _forward(distiller, self.shuffled, x)
             m, r = suspicious_mask_and_divergence(t_logits, s_logits)
             self._record(m)
+            if not m.any():  # a zero loss: no backward through the copies (as the authors' SV returns 0.)
+                return 0.0
             return sv_loss(m, r, self.cfg.lam)
 
     def sample_weights(self, distiller, x: torch.Tensor, t_logits: torch.Tensor) -> torch.Tensor | None:
