@@ -11,8 +11,8 @@ of the SR branch sent to the CPU. Nothing of theirs is copied into fedabd.
 The paper's configuration: WRN-16-2 teacher -> WRN-16-1 student on 3x32x32, batch 128, one generator
 step and ten student steps per pseudo-batch, attention transfer (beta 250). Cases:
 - ``zskt``: plain; ``zskt + sv``: SV with 3 shuffled copies of 5 layers, coefficient 0.1;
-- ``sr step``: every student step with Self-Retrospection (10 trigger steps on the teacher, 5
-  fixed-point iterations, portion 0.02), as in the last 2 % of an ABD run.
+- ``sr step`` (not in the shipped cases, see CASES): every student step with Self-Retrospection (10
+  trigger steps on the teacher, 5 fixed-point iterations, portion 0.02), as in the last 2 % of a run.
 fedabd runs each case twice: fp32 (the library default) and with the CLI's speed switches on this
 model (channels_last + bf16 autocast where the CPU has bf16). Teachers are randomly initialised
 (speed does not depend on what they learnt). Each side: one warm-up pseudo-batch, then ``--pbs``
@@ -40,7 +40,10 @@ from fedabd.distill import create_distiller
 from fedabd.models import create_model
 
 INFO = DatasetInfo("synthetic32", 10, 3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
-CASES = {"zskt": dict(sv=0.0, sr=False), "zskt + sv": dict(sv=0.1, sr=False), "sr step": dict(sv=0.0, sr=True)}
+CASES = {"zskt": dict(sv=0.0, sr=False), "zskt + sv": dict(sv=0.1, sr=False)}
+# "sr step" = dict(sv=0.0, sr=True) (every student step with SR) is supported by both sides here, but the
+# authors' SR pseudo-batch ran out of this machine's 24 GiB (killed at 23 GB resident, 2026-12-06), so
+# the shipped cases leave it out; add it on a machine with more memory.
 
 
 # -- the authors' side --------------------------------------------------------------------------------

@@ -1,15 +1,17 @@
-"""SV's shuffled teacher T~: every copy run whole vs the unshuffled stages shared (one run, side by side).
+"""SV's shuffled teacher T~: every copy run whole vs the unshuffled stages shared, batched or in turn.
 
     python benchmarks/sv_copies.py [--reps 3] [--out benchmarks/results/sv_copies.md]
 
 T~ is k = 3 shuffled copies of each of K teachers (SV's default n = 5 shuffled layers). A copy equals
 its teacher in every stage before the first shuffled layer, so ``build_shuffled_teacher`` runs those
 stages once per teacher and only the rest once per copy (:class:`~fedabd.models.ensemble.SharedStemCopies`);
-the plain :class:`~fedabd.models.ensemble.Ensemble` of the same copies runs each copy whole. Timed: one
-forward of T~ on a batch and the backward to the input (what SV's generator loss costs per synthesis
-step), both forms interleaved, median of ``--reps`` after a warm-up call. Teachers are randomly
-initialised: the cost does not depend on what they learnt. The last column checks the two give the
-same logits.
+the plain :class:`~fedabd.models.ensemble.Ensemble` of the same copies runs each copy whole in one
+batched (vmap) call. The shared form runs batched (one vmapped call for the stems, one for the rest)
+or in turn (plain module calls, teacher by teacher). Timed: one forward of T~ on a batch and the
+backward to the input (what SV's generator loss costs per synthesis step), the forms interleaved,
+median of ``--reps`` after a warm-up call; WRN also with the CLI's speed switches (channels_last +
+bf16 autocast where the CPU has bf16). Teachers are randomly initialised: the cost does not depend on
+what they learnt. The last column checks the forms give the same logits.
 """
 from __future__ import annotations
 
@@ -22,42 +24,53 @@ from pathlib import Path
 import torch
 
 from fedabd.defenses.abd.sv import build_shuffled_teacher
+from fedabd.device import autocast, bf16_supported
 from fedabd.models import create_model
-from fedabd.models.ensemble import Ensemble, freeze
+from fedabd.models.ensemble import Ensemble, SharedStemCopies, freeze
 
-CASES = [  # (teacher arch, channels, image size, teachers K, batch)
-    ("lenet5", 1, 28, 1, 256),
-    ("lenet5", 1, 28, 10, 256),
-    ("lenet5", 1, 28, 100, 256),
-    ("wrn16_2", 3, 32, 1, 128),
+CASES = [  # (teacher arch, channels, image size, teachers K, batch, channels_last + bf16)
+    ("lenet5", 1, 28, 1, 256, False),
+    ("lenet5", 1, 28, 10, 256, False),
+    ("lenet5", 1, 28, 100, 256, False),
+    ("wrn16_2", 3, 32, 1, 128, False),
+    ("wrn16_2", 3, 32, 1, 128, True),
 ]
+FORMS = ("whole", "shared, batched", "shared, in turn")
 
 
-def _call(model, x):
+def _call(model, x, bf16: bool):
     t0 = time.perf_counter()
-    y = model(x)
+    with autocast(torch.device("cpu"), bf16):
+        y = model(x).float()
     torch.autograd.grad(y.square().sum(), x)
     return time.perf_counter() - t0
 
 
-def measure(arch: str, channels: int, size: int, k: int, batch: int, reps: int) -> dict:
+def measure(arch: str, channels: int, size: int, k: int, batch: int, fast: bool, reps: int) -> dict:
     torch.manual_seed(0)
-    teachers = [freeze(create_model(arch, 10, channels, size)) for _ in range(k)]
+    fmt = torch.channels_last if fast else torch.contiguous_format
+    bf16 = fast and bf16_supported(torch.device("cpu"))
+    teachers = [freeze(create_model(arch, 10, channels, size)).to(memory_format=fmt) for _ in range(k)]
     teacher = teachers[0] if k == 1 else freeze(Ensemble(teachers, combine="norm_median"))
-    shared, _ = build_shuffled_teacher(teacher, 3, 5, torch.Generator().manual_seed(0))
-    plain = Ensemble(list(shared.members), shared.weights, combine=shared.combine, group=shared.group)
-    x = torch.randn(batch, channels, size, size, requires_grad=True)
+    built, _ = build_shuffled_teacher(teacher, 3, 5, torch.Generator().manual_seed(0))
+    copies, w, rule, g = list(built.members), built.weights, built.combine, built.group
+    forms = {"whole": Ensemble(copies, w, combine=rule, group=g),
+             "shared, batched": SharedStemCopies(copies, w, rule, g, built.start, batched=True),
+             "shared, in turn": SharedStemCopies(copies, w, rule, g, built.start, batched=False)}
+    x = torch.randn(batch, channels, size, size).contiguous(memory_format=fmt).requires_grad_(True)
     with torch.no_grad():
-        diff = float((shared(x) - plain(x)).abs().max())
-    times = {"plain": [], "shared": []}
-    _call(plain, x)  # warm-up
-    _call(shared, x)
+        ref = forms["whole"](x)
+        diff = max(float((m(x) - ref).abs().max()) for m in forms.values())
+    times = {name: [] for name in forms}
+    for m in forms.values():  # warm-up
+        _call(m, x, bf16)
     for _ in range(reps):
-        times["plain"].append(_call(plain, x))
-        times["shared"].append(_call(shared, x))
-    med = {name: statistics.median(v) for name, v in times.items()}
-    return {"case": f"{arch}, K = {k}, batch {batch}", "start": shared.start, "plain": med["plain"],
-            "shared": med["shared"], "diff": diff}
+        for name, m in forms.items():
+            times[name].append(_call(m, x, bf16))
+    return {"case": f"{arch}, K = {k}, batch {batch}" + (", channels_last + bf16" if bf16 else
+                                                          ", channels_last" if fast else ""),
+            "start": built.start, "default": "shared, batched" if built.batched else "shared, in turn",
+            **{name: statistics.median(v) for name, v in times.items()}, "diff": diff}
 
 
 def main() -> None:
@@ -75,13 +88,16 @@ def main() -> None:
         "Command: `python benchmarks/sv_copies.py`", "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, cpu; "
         f"{time.strftime('%Y-%m-%d %H:%M')}. Forward + backward to the input of T~ (3 copies per teacher), "
-        f"median of {args.reps}, the two forms interleaved.", "",
-        "| case | copies share stages | every copy whole s | shared stages s | speed-up | max logit difference |",
+        f"median of {args.reps}, the forms interleaved; seconds, and in brackets the speed-up over every "
+        "copy run whole. `build_shuffled_teacher` uses the form marked *.", "",
+        "| case | copies share stages | every copy whole (vmap) | shared stages, batched | shared stages, in turn "
+        "| max logit difference |",
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['case']} | 0-{r['start'] - 1} | {r['plain']:.3f} | {r['shared']:.3f} | "
-                     f"{r['plain'] / r['shared']:.2f}x | {r['diff']:.1e} |")
+        cells = [f"{r[f]:.3f}" + ("" if f == "whole" else f" ({r['whole'] / r[f]:.2f}x)") + ("*" if f == r["default"] else "")
+                 for f in FORMS]
+        lines.append(f"| {r['case']} | 0-{r['start'] - 1} | " + " | ".join(cells) + f" | {r['diff']:.1e} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

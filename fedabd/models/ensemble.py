@@ -167,36 +167,38 @@ class SharedStemCopies(Ensemble):
     ``start`` (:class:`~fedabd.models.staged.Staged`; SV's shuffled copies permute later layers only).
 
     Same logits as ``Ensemble(copies, weights, combine=combine, group=group)``, computed with the
-    shared stages run once per model instead of once per copy: one batched call over the K models
-    up to ``start``, then one over the K x group copies from there on. ``models`` and ``copies``
-    share one architecture; ``copies[i * group + j]`` is model i's copy j.
+    shared stages run once per model (on its first copy, whose stages before ``start`` are the
+    model's) instead of once per copy. Batched: one call over the K models up to ``start``, one over
+    the K x group copies from there. ``batched=False``: one model, then each of its copies, after the
+    other (plain module calls). ``copies[i * group + j]`` is model i's copy j; one architecture.
     """
 
-    def __init__(self, models: list[nn.Module], copies: list[nn.Module], weights: list[float] | torch.Tensor,
-                 combine: str, group: int, start: int) -> None:
-        super().__init__(copies, weights, batched=True, combine=combine, group=group)
-        if not self.batched or len(copies) != len(models) * group or start < 1:
-            raise ValueError("SharedStemCopies needs same-architecture copies, group per model, start >= 1")
+    def __init__(self, copies: list[nn.Module], weights: list[float] | torch.Tensor, combine: str, group: int,
+                 start: int, batched: bool = True) -> None:
+        super().__init__(copies, weights, batched=batched, combine=combine, group=group)
+        if start < 1:
+            raise ValueError("SharedStemCopies needs start >= 1 (stage 0 is the first stage the copies share)")
         self.start = start
-        stem, stem_buffers = stack_module_state([freeze(m) for m in models])
-        self._stem = ({k: v.detach() for k, v in stem.items()}, stem_buffers)
-
-    def _apply(self, fn, recurse=True):
-        out = super()._apply(fn, recurse)
-        self._stem = tuple({k: fn(v) for k, v in d.items()} for d in self._stem)
-        return out
 
     def member_logits(self, x: torch.Tensor, return_features: bool = False):
         if return_features:
             return super().member_logits(x, return_features)
-        base, k, g = self._base[0], len(self.members) // self.group, self.group
+        k, g, start = len(self.members) // self.group, self.group, self.start
+        if not self.batched:
+            out = []
+            for i in range(k):
+                h = self.members[i * g](x, stop=start)
+                out += [self.members[i * g + j](h, start=start) for j in range(g)]
+            return torch.stack(out)
+        base = self._base[0]
 
         def run(params, buffers, inp, **part):
             return functional_call(base, (params, buffers), (inp,), part)
 
-        h = torch.vmap(lambda p, b, inp: run(p, b, inp, stop=self.start), in_dims=(0, 0, None),
-                       randomness="different")(*self._stem, x)
-        per_copy = torch.vmap(lambda p, b, inp: run(p, b, inp, start=self.start), in_dims=(0, 0, None),
+        stems = [{n: v[::g] for n, v in d.items()} for d in (self._params, self._buffers_stacked)]
+        h = torch.vmap(lambda p, b, inp: run(p, b, inp, stop=start), in_dims=(0, 0, None),
+                       randomness="different")(*stems, x)
+        per_copy = torch.vmap(lambda p, b, inp: run(p, b, inp, start=start), in_dims=(0, 0, None),
                               randomness="different")
         split = [{n: v.view(k, g, *v.shape[1:]) for n, v in d.items()} for d in (self._params, self._buffers_stacked)]
         logits = torch.vmap(per_copy, in_dims=(0, 0, 0), randomness="different")(*split, h)

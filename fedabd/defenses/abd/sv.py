@@ -196,7 +196,11 @@ def build_shuffled_teacher(teacher: nn.Module, k: int, n: int, generator: torch.
     arch = getattr(members[0], "arch", None)
     same = arch is not None and all(getattr(m, "arch", None) == arch for m in members)
     if start and same and len(copies) > 1:  # the stages before the first shuffled layer run once per member
-        return SharedStemCopies(members, copies, cw, combine=rule, group=k, start=start), layers
+        # on the CPU the copies run one after another: faster than one vmapped call in every case
+        # measured (1-100 LeNets, WRN-16-2 fp32 and bf16: benchmarks/results/sv_copies.md); on an
+        # accelerator several teachers' copies run batched (fewer kernel launches; not measured here)
+        batched = len(members) > 1 and next(members[0].parameters()).device.type != "cpu"
+        return SharedStemCopies(copies, cw, combine=rule, group=k, start=start, batched=batched), layers
     return Ensemble(copies, cw, combine=rule, group=k), layers
 
 
