@@ -1,4 +1,4 @@
-"""fedabd's ZSKT (+ SV, + SR) against the ABD authors' code, per pseudo-batch, side by side in one run.
+"""fedabd's ZSKT (+ SV) against the ABD authors' code, per pseudo-batch, side by side in one run.
 
     python benchmarks/authors_zskt.py --authors PATH [--pbs 2] [--out benchmarks/results/authors_zskt.md]
 
@@ -183,7 +183,7 @@ def main() -> None:
         rows.append(r)
     bf16 = bf16_supported(torch.device("cpu"))
     lines = [
-        "# ZSKT (+ SV, + SR) per pseudo-batch: the ABD authors' code vs fedabd", "",
+        "# ZSKT and ZSKT + SV per pseudo-batch: the ABD authors' code vs fedabd", "",
         f"Command: `python benchmarks/authors_zskt.py --authors PATH --pbs {args.pbs}` (PATH: a checkout of "
         "github.com/illidanlab/ABD, 19c89bf)", "",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, cpu, "
