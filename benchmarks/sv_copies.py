@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from fedabd.defenses.abd.sv import build_shuffled_teacher
+from fedabd.defenses.abd.shuffle import build_shuffled_teacher
 from fedabd.device import autocast, bf16_supported
 from fedabd.models import create_model
 from fedabd.models.ensemble import Ensemble, SharedStemCopies, freeze

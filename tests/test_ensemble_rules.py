@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fedabd.config import load_scenario
-from fedabd.defenses.abd.sv import build_shuffled_teacher
+from fedabd.defenses.abd.shuffle import build_shuffled_teacher
 from fedabd.models import create_model
 from fedabd.models.ensemble import COMBINE, Ensemble, combine_logits
 
