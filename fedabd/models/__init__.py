@@ -3,7 +3,8 @@
 Classifier factory: ``factory(num_classes: int, in_channels: int, image_size: int, **kw) -> nn.Module``.
 Every classifier's ``forward(x, return_features=False)`` returns logits, or with
 ``return_features=True`` a tuple ``(logits, [feature maps])`` (the block activations used by
-attention transfer; for WRN the three group outputs).
+attention transfer; for WRN the three group outputs). The shipped classifiers are :class:`~fedabd.models.staged.Staged`: their
+forward also takes ``start`` / ``stop`` (run only stages ``[start, stop)``, tensor in, tensor out).
 
 Generator factory: ``factory(nz: int, channels: int, image_size: int, width: int, **kw) -> nn.Module``,
 ``forward(z) -> images`` of shape ``(B, channels, image_size, image_size)``.
