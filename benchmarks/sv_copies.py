@@ -95,8 +95,8 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        cells = [f"{r[f]:.3f}" + ("" if f == "whole" else f" ({r['whole'] / r[f]:.2f}x)") + ("*" if f == r["default"] else "")
-                 for f in FORMS]
+        cells = [f"{r[f]:.3f}" + ("" if f == "whole" else f" ({r['whole'] / r[f]:.2f}x)")
+                 + ("*" if f == r["default"] else "") for f in FORMS]
         lines.append(f"| {r['case']} | 0-{r['start'] - 1} | " + " | ".join(cells) + f" | {r['diff']:.1e} |")
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

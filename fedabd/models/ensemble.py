@@ -56,6 +56,12 @@ def combine_logits(logits: torch.Tensor, weights: torch.Tensor, rule: str = "log
     return weighted_median(z, w) * scale
 
 
+def same_arch(models: list[nn.Module]) -> bool:
+    """All of ``models`` built by :func:`~fedabd.models.create_model` with one architecture (``.arch``)."""
+    arch = getattr(models[0], "arch", None)
+    return arch is not None and all(getattr(m, "arch", None) == arch for m in models)
+
+
 def weighted_median(values: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """Per coordinate over dim 0: the smallest value whose cumulative weight reaches half the
     total (``torch.median``'s lower median for equal weights); the gradient reaches that value."""
@@ -91,8 +97,7 @@ class Ensemble(nn.Module):
         if w.shape != (len(members),) or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
             raise ValueError(f"ensemble weights must be {len(members)} finite non-negative numbers with a positive sum")
         self.register_buffer("weights", w / w.sum())
-        same = all(getattr(m, "arch", None) == getattr(members[0], "arch", None) for m in members) \
-            and getattr(members[0], "arch", None) is not None
+        same = same_arch(members)
         self.batched = (same and len(members) > 1) if batched is None else (batched and same)
         if self.batched:
             params, buffers = stack_module_state(list(self.members))

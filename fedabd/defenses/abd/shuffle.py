@@ -1,9 +1,10 @@
 """SV's shuffled teacher T~: which layers are shuffled, how, and the copies run with shared stages.
 
 Which layers (:func:`shuffle_layers`): the last ``n`` convolutions in forward (registration) order,
-excluding the stem (the first layer, whose input is the image). When the model has fewer than ``n`` such convolutions, the list
-continues with the Linear layers that follow the last convolution (the model's last stage), in
-forward order, never including the final classifier layer (the last Linear). So:
+excluding the stem (the first layer, whose input is the image). When the model has fewer than ``n``
+such convolutions, the list continues with the Linear layers that follow the last convolution (the
+model's last stage), in forward order, never including the final classifier layer (the last
+Linear). So:
 
 - WRN-16-2 (n=5): the 5 convolutions of the last group (block3: conv1, conv2, conv_shortcut of
   its first block; conv1, conv2 of its second block) -- "all of the last stage" of the paper.
@@ -27,7 +28,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from ...models.ensemble import Ensemble, SharedStemCopies, freeze
+from ...models.ensemble import Ensemble, SharedStemCopies, freeze, same_arch
 from ...models.staged import first_stage_using
 
 
@@ -119,10 +120,11 @@ def build_shuffled_teacher(teacher: nn.Module, k: int, n: int, generator: torch.
 
     T~(x): each member's k copies' mean logits, combined across members by the teacher ensemble's
     own rule and weights (for ``logit_mean``, the mean of all copies' logits, each member's copies
-    sharing its weight). Same-arch :class:`~fedabd.models.staged.Staged` members: the stages before the first shuffled
-    layer run once per member (:class:`SharedStemCopies`), the copies then one after another on the
-    CPU (faster than one vmapped call in every case measured, benchmarks/results/sv_copies.md) and
-    batched on an accelerator (fewer kernel launches; not measured here).
+    sharing its weight). Same-arch :class:`~fedabd.models.staged.Staged` members: the stages before
+    the first shuffled layer run once per member (:class:`SharedStemCopies`), the copies then one
+    after another on the CPU (faster than one vmapped call in every case measured,
+    benchmarks/results/sv_copies.md) and batched on an accelerator (fewer kernel launches; not
+    measured here).
     """
     if isinstance(teacher, Ensemble):
         members, weights, rule = list(teacher.members), [float(w) for w in teacher.weights], teacher.combine
@@ -136,8 +138,7 @@ def build_shuffled_teacher(teacher: nn.Module, k: int, n: int, generator: torch.
             copies.append(shuffled_copy(member, names, generator))
             cw.append(wm / k)
     start = first_stage_using(members[0], layers)
-    arch = getattr(members[0], "arch", None)
-    if start and arch is not None and all(getattr(m, "arch", None) == arch for m in members) and len(copies) > 1:
+    if start and same_arch(members) and len(copies) > 1:
         batched = len(members) > 1 and next(members[0].parameters()).device.type != "cpu"
         return SharedStemCopies(copies, cw, combine=rule, group=k, start=start, batched=batched), layers
     return Ensemble(copies, cw, combine=rule, group=k), layers
