@@ -11,7 +11,7 @@ from .common import console, pct, progress_bar, styled, user_errors, writable_fo
 
 
 def bench_cmd(
-    spec: Annotated[str, typer.Argument(help="Bench spec: a YAML file or a shipped name (cpu, cifar10_gpu, screening, ensemble_rules).")],
+    spec: Annotated[str, typer.Argument(help="Bench spec: a YAML file or a shipped name (cpu, adaptive, cifar10_gpu, screening, ensemble_rules).")],
     out: Annotated[Optional[Path], typer.Option(help="Results folder (default runs/bench/NAME); re-running resumes it.")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="Cells run side by side in worker processes (CPU: up to the cores).")] = 1,
     seeds: Annotated[Optional[int], typer.Option(min=1, help="Only the first N seeds.")] = None,
