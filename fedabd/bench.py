@@ -267,6 +267,47 @@ def collect(spec: BenchSpec, out: str | Path) -> list[dict]:
     return entries
 
 
+# What "kept clean" means in the leaderboard's summary: the ASR a backdoor may keep, and the Acc an aggregator may
+# lose against FedAvg without an attack (issue #21's goal: ASR <= 5 % within 2 points of attack-free FedAvg).
+CLEAN_ASR = 0.05
+CLEAN_ACC_DROP = 0.02
+
+
+def summary(spec: BenchSpec, entries: list[dict], reference: str = "fedavg") -> list[dict]:
+    """Per aggregator, at a glance: its Acc without an attack (the spec's attack rows with ``malicious: 0``),
+    how many attacks it holds to ASR <= CLEAN_ASR, how many of those also within CLEAN_ACC_DROP of the
+    ``reference`` aggregator's Acc without an attack, its worst final ASR and its mean seconds per round.
+    Means over seeds, as in the tables; an attack counts only where some seed finished."""
+    by = {(e["attack"], e["aggregator"]): e for e in entries}
+    clean = [t for t, keys in spec.attacks.items() if keys.get("malicious") == 0]
+    attacked = [t for t in spec.attacks if t not in clean]
+    ref = [by[(t, reference)]["acc"] for t in clean if (t, reference) in by and by[(t, reference)]["acc"] is not None]
+    ref_acc = statistics.fmean(ref) if ref else None
+    rows = []
+    for agg in spec.aggregators:
+        own = [by[(t, agg)]["acc"] for t in clean if by[(t, agg)]["acc"] is not None]
+        done = [by[(t, agg)] for t in attacked if by[(t, agg)]["asr"] is not None]
+        held = [e for e in done if e["asr"] <= CLEAN_ASR]
+        secs = [by[(t, agg)]["seconds"] for t in spec.attacks if by[(t, agg)]["seconds"] is not None]
+        rows.append({"aggregator": agg, "clean_acc": statistics.fmean(own) if own else None,
+                     "attacks": len(done), "held": len(held),
+                     "held_at_acc": None if ref_acc is None else
+                     sum(e["acc"] >= ref_acc - CLEAN_ACC_DROP for e in held),
+                     "worst_asr": max((e["asr"] for e in done), default=None),
+                     "seconds": statistics.fmean(secs) if secs else None})
+    return rows
+
+
+def summary_markdown(rows: list[dict], reference: str = "fedavg") -> str:
+    cells = [[r["aggregator"], "-" if r["clean_acc"] is None else pct(r["clean_acc"]),
+              f"{r['held']} of {r['attacks']}", "-" if r["held_at_acc"] is None else f"{r['held_at_acc']} of {r['attacks']}",
+              "-" if r["worst_asr"] is None else pct(r["worst_asr"]),
+              "-" if r["seconds"] is None else f"{r['seconds']:.1f}"] for r in rows]
+    return markdown_table(["aggregator", "Acc % without attack", f"attacks held to ASR <= {pct(CLEAN_ASR)} %",
+                           f"... within {pct(CLEAN_ACC_DROP)} points of {reference} without attack",
+                           "worst ASR %", "s / round"], cells)
+
+
 def _pm(mean: float | None, sd: float | None) -> str:
     return "-" if mean is None else f"{pct(mean)} ± {pct(sd)}"
 
@@ -277,6 +318,7 @@ def leaderboard_markdown(spec: BenchSpec, entries: list[dict]) -> str:
     text = [f"# Leaderboard: {spec.name}", ""]
     if spec.description:
         text += [spec.description.strip(), ""]
+    text += ["## At a glance (final round, mean over seeds)", "", summary_markdown(summary(spec, entries)), ""]
     for key, title in (("asr", "ASR % after the last round (mean ± sd over seeds)"),
                        ("acc", "Acc % after the last round (mean ± sd over seeds)")):
         text += [f"## {title}", "",

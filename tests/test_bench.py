@@ -7,7 +7,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fedabd.bench import collect, leaderboard_csv, load_spec, parse_spec, plan_cells, run_bench, write_leaderboard
+from fedabd.bench import (collect, leaderboard_csv, load_spec, parse_spec, plan_cells, run_bench, summary,
+                          write_leaderboard)
 from fedabd.cli import app
 from fedabd.config import ConfigError
 from fedabd.scenario_files import list_scenarios
@@ -105,6 +106,27 @@ def test_the_leaderboard_is_read_from_the_cells_files(tmp_path):
     csv_rows = leaderboard_csv(collect(spec, tmp_path)).splitlines()
     assert csv_rows[0].startswith("attack,aggregator,n,acc,acc_sd,asr")
     assert any(r.startswith("poison,flame,1,0.7,0.0,0.1,") for r in csv_rows)
+
+
+def test_the_summary_counts_the_attacks_each_aggregator_holds_clean_at_what_accuracy(tmp_path):
+    """Held: final ASR <= 5 %; at no cost: also within 2 points of FedAvg's Acc without an attack."""
+    spec = parse_spec({**TOY, "aggregators": ["fedavg", "flame", "rlr"]}, "toy.yaml")
+    _, cells = plan_cells(spec, tmp_path)
+    finals = {("none", "fedavg"): (0.95, 0.0), ("none", "flame"): (0.93, 0.0),
+              ("poison", "fedavg"): (0.96, 0.8), ("poison", "flame"): (0.94, 0.03), ("poison", "rlr"): (0.90, 0.01)}
+    for c in cells:
+        if (c.attack, c.aggregator) in finals:
+            acc, asr = finals[(c.attack, c.aggregator)]
+            _fake_cell(c.cfg, [0.1, acc], [0.0, asr], seconds={"fedavg": 1.0, "flame": 3.0, "rlr": 2.0}[c.aggregator])
+    rows = {r["aggregator"]: r for r in summary(spec, collect(spec, tmp_path))}
+    assert rows["fedavg"] == {"aggregator": "fedavg", "clean_acc": 0.95, "attacks": 1, "held": 0, "held_at_acc": 0,
+                              "worst_asr": 0.8, "seconds": 1.0}
+    assert (rows["flame"]["held"], rows["flame"]["held_at_acc"], rows["flame"]["clean_acc"]) == (1, 1, 0.93)
+    assert (rows["rlr"]["held"], rows["rlr"]["held_at_acc"], rows["rlr"]["clean_acc"]) == (1, 0, None)
+    assert rows["rlr"]["seconds"] == 2.0
+    page = write_leaderboard(spec, tmp_path).read_text()
+    assert "| flame | 93.0 | 1 of 1 | 1 of 1 | 3.0 | 3.0 |" in page
+    assert "| rlr | - | 1 of 1 | 0 of 1 | 1.0 | 2.0 |" in page
 
 
 def test_a_finished_cell_run_with_other_settings_is_refused(tmp_path):
