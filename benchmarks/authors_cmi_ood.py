@@ -35,7 +35,6 @@ message if its resident memory passes --max-rss-gb (their ZSKT SR step reached 2
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import platform
 import sys
@@ -56,6 +55,8 @@ from fedabd.device import bf16_supported
 from fedabd.distill import create_distiller
 from fedabd.models import create_model
 
+from authors_patches import cpu_only, quiet  # noqa: E402  (benchmarks/, the script's folder)
+
 INFO = DatasetInfo("synthetic32", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 SV_LAM = 0.1
 
@@ -74,13 +75,6 @@ def watchdog(limit_gb: float) -> None:
         threading.Thread(target=poll, daemon=True).start()
 
 
-@contextlib.contextmanager
-def quiet():
-    """Their progress bars and prints (tqdm needs a real file) go to the null device."""
-    with open(os.devnull, "w") as null, contextlib.redirect_stdout(null), contextlib.redirect_stderr(null):
-        yield
-
-
 def per_step(fn, n: int) -> float:
     fn()  # warm-up
     t0 = time.perf_counter()
@@ -96,24 +90,6 @@ def gflop(fn) -> float:
 
 
 # -- the authors' side --------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def cpu_only():
-    """Their SR step asks for 'cuda' (zeros_like(..., device='cuda'), .cuda()); without CUDA: the CPU."""
-    zeros_like, cuda = torch.zeros_like, torch.Tensor.cuda
-
-    def zl(*a, **k):
-        if k.get("device") == "cuda" and not torch.cuda.is_available():
-            k["device"] = "cpu"
-        return zeros_like(*a, **k)
-    torch.zeros_like = zl
-    if not torch.cuda.is_available():
-        torch.Tensor.cuda = lambda self, *a, **k: self
-    try:
-        yield
-    finally:
-        torch.zeros_like, torch.Tensor.cuda = zeros_like, cuda
-
 
 def import_authors(path: Path) -> SimpleNamespace:
     root = path / "cmi"

@@ -39,6 +39,8 @@ from fedabd.device import bf16_supported
 from fedabd.distill import create_distiller
 from fedabd.models import create_model
 
+from authors_patches import cpu_only  # noqa: E402  (benchmarks/, the script's folder)
+
 INFO = DatasetInfo("synthetic32", 10, 3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 CASES = {"zskt": dict(sv=0.0, sr=False), "zskt + sv": dict(sv=0.1, sr=False)}
 # "sr step" = dict(sv=0.0, sr=True) (every student step with SR) is supported by both sides here, but the
@@ -47,24 +49,6 @@ CASES = {"zskt": dict(sv=0.0, sr=False), "zskt + sv": dict(sv=0.1, sr=False)}
 
 
 # -- the authors' side --------------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def cpu_only():
-    """Their SR branch asks for 'cuda' in three places; on a machine without CUDA they get the CPU."""
-    zeros_like, cuda = torch.zeros_like, torch.Tensor.cuda
-
-    def zl(*a, **k):
-        if k.get("device") == "cuda" and not torch.cuda.is_available():
-            k["device"] = "cpu"
-        return zeros_like(*a, **k)
-    torch.zeros_like = zl
-    if not torch.cuda.is_available():
-        torch.Tensor.cuda = lambda self, *a, **k: self
-    try:
-        yield
-    finally:
-        torch.zeros_like, torch.Tensor.cuda = zeros_like, cuda
-
 
 def import_authors(path: Path):
     root = path / "zskt"
