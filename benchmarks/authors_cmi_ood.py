@@ -9,7 +9,7 @@ imports and calls their own code: ``CMISynthesizer.synthesize`` (its generator s
 ``train`` of ``datafree_kd.py``, ``UnlearnOptimizer.step`` (SR) and ``train_kd`` of ``vanilla_kd_ood.py``,
 with their ``BackdoorSuspectLoss`` as SV. Only what a CPU without their data and paths needs is changed:
 ``wandb`` stubbed, their ``registry`` / ``utils.config`` modules (dataset paths, directories made at
-import) replaced by the two constants they read, ``torchvision.models.utils`` (gone from torchvision)
+import) replaced by the names the imported files read (normalisation constants, empty paths), ``torchvision.models.utils`` (gone from torchvision)
 pointed to ``torch.hub``, ``np.int`` (gone from NumPy) set to ``int`` as it was, and their hard-coded ``'cuda'`` of the SR step sent to the CPU. Their synthetic
 images go to a temporary folder as PNGs (their ``ImagePool``) and are read back by their DataLoader, as
 in their runs. Their OOD step gets its batches from an in-memory tensor dataset (their runs read JPEG
