@@ -28,16 +28,26 @@ def _call(fn: Callable, item: Any, threads: int):
 def run_jobs(fn: Callable[[Any], Any], items: Sequence, jobs: int = 1,
              on_done: Callable[[Any, Any], None] | None = None) -> None:
     """``fn(item)`` for every item: in this process one after another when ``jobs <= 1`` (torch's
-    threads untouched), else in ``jobs`` spawned workers. ``fn`` must be a module-level function
-    and the items picklable (a ``functools.partial`` of one is); ``on_done(item, result)`` runs in
-    this process as each job finishes."""
-    if jobs <= 1 or len(items) <= 1:
-        for item in items:
-            result = fn(item)
-            if on_done:
-                on_done(item, result)
-        return
+    threads untouched), else in ``jobs`` spawned workers. A single item with ``jobs > 1`` runs in this
+    process with a worker's threads, so that a job's result does not depend on how many were left
+    (torch's results depend on its thread count). ``fn`` must be a module-level function and the
+    items picklable (a ``functools.partial`` of one is); ``on_done(item, result)`` runs in this
+    process as each job finishes."""
     threads = threads_per_job(jobs)
+    if jobs <= 1 or len(items) <= 1:
+        import torch
+
+        before = torch.get_num_threads()
+        if jobs > 1:
+            torch.set_num_threads(threads)
+        try:
+            for item in items:
+                result = fn(item)
+                if on_done:
+                    on_done(item, result)
+        finally:
+            torch.set_num_threads(before)
+        return
     with ProcessPoolExecutor(min(jobs, len(items)), mp_context=multiprocessing.get_context("spawn")) as pool:
         running = {pool.submit(_call, fn, item, threads): item for item in items}
         while running:

@@ -197,3 +197,19 @@ def test_the_cli_names_a_bad_spec_key_and_exits_2(tmp_path):
     res = CliRunner().invoke(app, ["bench", str(bad), "--attacks", "y"])
     assert res.exit_code == 2 and "--attacks y" in res.output
     assert not (tmp_path / "o").exists()
+
+
+def _threads(_item):
+    import torch
+    return torch.get_num_threads()
+
+
+def test_a_single_job_runs_with_a_workers_threads_so_its_result_does_not_depend_on_how_many_were_left():
+    import torch
+
+    from fedabd.pool import run_jobs, threads_per_job
+    seen, before = [], torch.get_num_threads()
+    run_jobs(_threads, ["only"], jobs=2, on_done=lambda item, n: seen.append(n))
+    assert seen == [threads_per_job(2)] and torch.get_num_threads() == before
+    run_jobs(_threads, ["only"], jobs=1, on_done=lambda item, n: seen.append(n))
+    assert seen[-1] == before
