@@ -229,12 +229,14 @@ def run_bench(spec: BenchSpec, out: str | Path, jobs: int = 1, on_done=None) -> 
 # -- the leaderboard ------------------------------------------------------------------------------
 
 def cell_summary(rows: list[dict]) -> dict:
-    """Final Acc / ASR, detection rates over the rounds that have them, backdoor persistence and
-    seconds per round of one finished cell."""
+    """Final Acc / ASR, the highest ASR of any round (``peak``: a backdoor that the rounds after the
+    attack wash out still shows), detection rates over the rounds that have them, backdoor
+    persistence and seconds per round of one finished cell."""
     last = rows[-1]
     rated = [r for r in rows if r.get("tpr") is not None]
     timed = [r["seconds"] for r in rows[1:] if r.get("seconds") is not None]
-    return {"acc": last.get("acc"), "asr": last.get("asr"),
+    asrs = [r["asr"] for r in rows[1:] if r.get("asr") is not None]
+    return {"acc": last.get("acc"), "asr": last.get("asr"), "peak": max(asrs) if asrs else None,
             "tpr": statistics.fmean(r["tpr"] for r in rated) if rated else None,
             "fpr": statistics.fmean(r["fpr"] for r in rated if r.get("fpr") is not None) if rated else None,
             "lasts": last.get("backdoor_lasts"), "seconds": statistics.fmean(timed) if timed else None}
@@ -259,7 +261,7 @@ def collect(spec: BenchSpec, out: str | Path) -> list[dict]:
                     if c.attack == attack and c.aggregator == agg and finished(c.cfg)]
             entry: dict = {"attack": attack, "aggregator": agg, "n": len(runs)}
             summaries = [cell_summary(r) for r in runs]
-            for key in ("acc", "asr", "tpr", "fpr", "lasts", "seconds"):
+            for key in ("acc", "asr", "peak", "tpr", "fpr", "lasts", "seconds"):
                 entry[key], entry[f"{key}_sd"] = _stat([s[key] for s in summaries])
             entry["rounds"] = [{"round": rnd, **{k: _stat([r[i].get(k) for r in runs])[0] for k in ("acc", "asr")}}
                                for i, rnd in enumerate(r["round"] for r in runs[0])] if runs else []
@@ -329,17 +331,19 @@ def leaderboard_markdown(spec: BenchSpec, entries: list[dict]) -> str:
         for a in aggs:
             e = by[(t, a)]
             rates = "-" if e["tpr"] is None else f"{pct(e['tpr'])} / {pct(e['fpr'])}"
-            rows.append([t, a, e["n"], _pm(e["acc"], e["acc_sd"]), _pm(e["asr"], e["asr_sd"]), rates,
+            rows.append([t, a, e["n"], _pm(e["acc"], e["acc_sd"]), _pm(e["asr"], e["asr_sd"]),
+                         _pm(e["peak"], e["peak_sd"]), rates,
                          "-" if e["lasts"] is None else f"{e['lasts']:.1f}",
                          "-" if e["seconds"] is None else f"{e['seconds']:.1f}"])
     text += ["## Every cell", "",
-             markdown_table(["attack", "aggregator", "seeds", "Acc %", "ASR %", "detection TPR / FPR % (mean)",
+             markdown_table(["attack", "aggregator", "seeds", "Acc %", "ASR %", "peak ASR % (any round)",
+                             "detection TPR / FPR % (mean)",
                              "rounds ASR > 20 % after the attack", "s / round"], rows)]
     return "\n".join(text)
 
 
 def leaderboard_csv(entries: list[dict]) -> str:
-    keys = ["attack", "aggregator", "n", *[k + s for k in ("acc", "asr", "tpr", "fpr", "lasts", "seconds")
+    keys = ["attack", "aggregator", "n", *[k + s for k in ("acc", "asr", "tpr", "fpr", "lasts", "seconds", "peak")
                                           for s in ("", "_sd")]]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")

@@ -92,8 +92,12 @@ def test_the_leaderboard_is_read_from_the_cells_files(tmp_path):
     for c in cells:
         if (c.attack, c.aggregator, c.seed) in finals:
             acc, asr = finals[(c.attack, c.aggregator, c.seed)]
-            _fake_cell(c.cfg, [0.1, acc], [0.0, asr], tpr=1.0 if c.aggregator == "flame" else None)
+            if c.aggregator == "flame":  # the backdoor peaks in round 1 and is gone by round 2
+                _fake_cell(c.cfg, [0.1, 0.5, acc], [0.0, 0.9, asr], tpr=1.0)
+            else:
+                _fake_cell(c.cfg, [0.1, acc], [0.0, asr])
     by = {(e["attack"], e["aggregator"]): e for e in collect(spec, tmp_path)}
+    assert by[("poison", "flame")]["peak"] == 0.9 and by[("poison", "fedavg")]["peak"] == pytest.approx(0.7)
     e = by[("poison", "fedavg")]
     assert e["n"] == 2 and e["acc"] == pytest.approx(0.85) and e["asr"] == pytest.approx(0.7)
     assert e["asr_sd"] == pytest.approx(0.1414, abs=1e-3) and e["tpr"] is None and e["seconds"] == 2.0
@@ -102,6 +106,7 @@ def test_the_leaderboard_is_read_from_the_cells_files(tmp_path):
     assert by[("none", "flame")]["n"] == 0 and by[("none", "flame")]["acc"] is None
     page = write_leaderboard(spec, tmp_path).read_text()
     assert "85.0 ± 7.1" in page and "70.0 ± 14.1" in page and "100.0 / 0.0" in page
+    assert "| poison | flame | 1 | 70.0 ± 0.0 | 10.0 ± 0.0 | 90.0 ± 0.0 | 100.0 / 0.0 |" in page
     assert (tmp_path / "tradeoff.png").stat().st_size > 1000 and (tmp_path / "curves_poison.png").exists()
     csv_rows = leaderboard_csv(collect(spec, tmp_path)).splitlines()
     assert csv_rows[0].startswith("attack,aggregator,n,acc,acc_sd,asr")
