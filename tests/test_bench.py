@@ -7,8 +7,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fedabd.bench import (collect, leaderboard_csv, load_spec, parse_spec, plan_cells, run_bench, summary,
-                          write_leaderboard)
+from fedabd.bench import load_spec, parse_spec, plan_cells, run_bench
+from fedabd.leaderboard import collect, leaderboard_csv, summary, write_leaderboard
 from fedabd.cli import app
 from fedabd.config import ConfigError
 from fedabd.scenario_files import list_scenarios

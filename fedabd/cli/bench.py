@@ -23,7 +23,8 @@ def bench_cmd(
     """The federated backdoor leaderboard: every cell of the spec, then leaderboard.md / .csv and plots."""
     from dataclasses import replace
 
-    from ..bench import finished, load_spec, plan_cells, run_bench, select, write_leaderboard
+    from ..bench import finished, load_spec, plan_cells, run_bench, select
+    from ..leaderboard import write_leaderboard
     from ..scenario_files import resolve_scenario
 
     def names(value: Optional[str]) -> Optional[list[str]]:
