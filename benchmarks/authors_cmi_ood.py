@@ -120,20 +120,28 @@ def import_authors(path: Path) -> SimpleNamespace:
                            wrn_16_2=wrn_16_2, Generator=Generator)
 
 
-def authors_cmi(A, sv: bool, g_steps: int, workdir: str):
-    """Their CMISynthesizer as datafree_kd.py builds it for the paper, its bank full."""
-    from torchvision import transforms as T
-    df = A.datafree
+def authors_models(A, sv: bool):
+    """Their WRN-16-2 teacher, WRN-16-1 student (seeded) and, with ``sv``, their SV on the teacher."""
     torch.manual_seed(0)
     teacher, student = A.wrn_16_2(num_classes=10).eval(), A.wrn_16_1(num_classes=10)
     with quiet():
-        suspect = df.synthesis.BackdoorSuspectLoss(teacher, coef=SV_LAM, device="cpu", pseudo_test_batches=0) if sv else None
+        suspect = (A.datafree.synthesis.BackdoorSuspectLoss(teacher, coef=SV_LAM, device="cpu", pseudo_test_batches=0)
+                   if sv else None)
+    return teacher, student, suspect
+
+
+def authors_cmi(A, sv: bool, workdir: str):
+    """Their CMISynthesizer as datafree_kd.py builds it for the paper (1 generator step a synthesis until
+    set otherwise), its bank full."""
+    from torchvision import transforms as T
+    df = A.datafree
+    teacher, student, suspect = authors_models(A, sv)
     transform = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor(),
                            T.Normalize(INFO.mean, INFO.std)])
     with quiet():
         syn = df.synthesis.CMISynthesizer(
             teacher, student, A.Generator(nz=256, ngf=64, img_size=32, nc=3), nz=256, num_classes=10,
-            img_size=(3, 32, 32), feature_layers=None, bank_size=40960, n_neg=4096, head_dim=256, iterations=g_steps,
+            img_size=(3, 32, 32), feature_layers=None, bank_size=40960, n_neg=4096, head_dim=256, iterations=1,
             lr_g=1e-3, synthesis_batch_size=256, sample_batch_size=128, adv=0.5, bn=1.0, oh=1.0, cr=0.8, cr_T=0.1,
             save_dir=workdir, transform=transform, normalizer=df.utils.Normalizer(INFO.mean, INFO.std), device="cpu",
             suspect_loss=suspect)
@@ -158,7 +166,7 @@ def synth_times(synthesize, set_steps, n: int) -> tuple[float, float]:
 
 def authors_synth(A, sv: bool, n: int, workdir: str) -> tuple[float, float, float]:
     """(seconds per generator step, seconds of a 1-step synthesis, GFLOP of a 1-step synthesis)."""
-    syn, _, _ = authors_cmi(A, sv, 1, workdir)
+    syn, _, _ = authors_cmi(A, sv, workdir)
     with quiet():
         step, one = synth_times(syn.synthesize, lambda g: setattr(syn, "iterations", g), n)
         syn.iterations = 1
@@ -168,7 +176,7 @@ def authors_synth(A, sv: bool, n: int, workdir: str) -> tuple[float, float, floa
 def authors_kd(A, sr: bool, n: int, workdir: str):
     """One KD step of their datafree_kd.train (SR: their UnlearnOptimizer.step), images from their pool."""
     df = A.datafree
-    syn, teacher, student = authors_cmi(A, False, 1, workdir)
+    syn, teacher, student = authors_cmi(A, False, workdir)
     with quiet():
         for _ in range(-(-(n + 2) * 128 // 256)):  # enough pool images for the warm-up and n steps in one pass
             syn.synthesize()
@@ -186,10 +194,7 @@ def authors_kd(A, sr: bool, n: int, workdir: str):
 def authors_ood(A, sv: bool, sr: bool, n: int):
     """Their vanilla_kd_ood.train_kd over n + 1 batches of 512 (one warm-up)."""
     df = A.datafree
-    torch.manual_seed(0)
-    teacher, student = A.wrn_16_2(num_classes=10).eval(), A.wrn_16_1(num_classes=10)
-    with quiet():
-        suspect = df.synthesis.BackdoorSuspectLoss(teacher, coef=SV_LAM, device="cpu", pseudo_test_batches=0) if sv else None
+    teacher, student, suspect = authors_models(A, sv)
     data = torch.utils.data.TensorDataset(torch.randn((n + 1) * 512, 3, 32, 32), torch.zeros((n + 1) * 512, dtype=torch.long))
     loader = torch.utils.data.DataLoader(data, batch_size=512)
     opt = torch.optim.Adam(student.parameters(), lr=1e-3)
