@@ -34,7 +34,7 @@ def _stat(values: list) -> tuple[float | None, float | None]:
     vals = [v for v in values if v is not None]
     if not vals:
         return None, None
-    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else 0.0)
+    return statistics.fmean(vals), (statistics.stdev(vals) if len(vals) > 1 else None)  # no spread from one seed
 
 
 def collect(spec: BenchSpec, out: str | Path) -> list[dict]:
@@ -99,7 +99,7 @@ def summary_markdown(rows: list[dict], reference: str = "fedavg") -> str:
 
 
 def _pm(mean: float | None, sd: float | None) -> str:
-    return "-" if mean is None else f"{pct(mean)} ± {pct(sd)}"
+    return "-" if mean is None else pct(mean) if sd is None else f"{pct(mean)} ± {pct(sd)}"
 
 
 def leaderboard_markdown(spec: BenchSpec, entries: list[dict]) -> str:
