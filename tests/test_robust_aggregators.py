@@ -196,3 +196,47 @@ def test_compare_reads_a_composition_with_its_abd_part(tmp_path):
     assert (v["flame+distill+abd"].aggregator, v["flame+distill+abd"].abd) == ("flame+distill", "sv+sr")
     assert (v["distill+sv"].aggregator, v["distill+sv"].abd) == ("distill", "sv")
     assert v["fedavg"].abd == "none"
+
+
+def test_distill_start_average_starts_the_student_from_the_teachers_weighted_mean(monkeypatch):
+    """FedDF's start (Lin et al. 2020): the student the distiller receives is the sample-weighted
+    average of the teachers (after a filter: of those it admitted, times their trust); the default
+    starts from the global model."""
+    import fedabd.distill
+    from fedabd.aggregators import create_aggregator
+    from fedabd.data import dataset_info
+    from fedabd.distill.base import DistillResult
+    from fedabd.federated import Upload
+    from fedabd.models import create_model
+
+    info = dataset_info("mnist_subset")
+    seen = []
+
+    def fake_distiller(kd, teachers, student, info, **kw):  # records the student it is handed, trains nothing
+        seen.append({k: v.clone() for k, v in student.state_dict().items()})
+        return type("D", (), {"run": lambda self, progress=None: DistillResult(student), "memory": lambda self: {}})()
+
+    monkeypatch.setattr(fedabd.distill, "create_distiller", fake_distiller)
+    states = []
+    for s in range(3):
+        torch.manual_seed(s)
+        states.append(create_model("lenet5", num_classes=10, in_channels=1, image_size=28).state_dict())
+    ups = [Upload(i, st, c) for i, (st, c) in enumerate(zip(states, [1, 3, 4]))]
+    base = {"clients": 3, "malicious": 0, "out": "unused", "device": "cpu", "aggregator": "distill"}
+    glob = states[0]
+    create_aggregator(load_scenario(None, base), info).aggregate(1, ups, glob)
+    assert all(torch.equal(seen[-1][k], glob[k]) for k in glob)  # default: the global model
+    avg = load_scenario(None, {**base, "aggregator_settings": {"start": "average"}})
+    create_aggregator(avg, info).aggregate(1, ups, glob)
+    k = next(k for k, v in glob.items() if v.is_floating_point())
+    assert torch.allclose(seen[-1][k], (states[0][k] * 1 + states[1][k] * 3 + states[2][k] * 4) / 8, atol=1e-6)
+    trusted = [ups[0], ups[1].with_trust(0.5)]  # a screening rule halved client 1's weight: 1 : 1.5
+    create_aggregator(avg, info).aggregate(1, trusted, glob)
+    assert torch.allclose(seen[-1][k], (states[0][k] * 1 + states[1][k] * 1.5) / 2.5, atol=1e-6)
+    with pytest.raises(ConfigError, match="start must be one of global, average"):
+        load_scenario(None, {**base, "aggregator_settings": {"start": "mean"}})
+    with pytest.raises(ConfigError, match="every client needs the student's architecture"):
+        load_scenario(None, {**base, "student": "lenet5_half", "aggregator_settings": {"start": "average"}})
+    comp = load_scenario(None, {**base, "clients": 9, "aggregator": "flame+distill",
+                                "aggregator_settings": {"distill": {"start": "average"}}})
+    assert create_aggregator(comp, info).rules[-1].settings.start == "average"

@@ -12,17 +12,39 @@ memory so that a resumed run continues it too.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..federated import client_arch, derive_seed
 from ..models import create_model
-from .base import AGGREGATORS, Aggregate, Aggregator
+from .base import AGGREGATORS, Aggregate, Aggregator, sample_weights, weighted_mean
+
+STARTS = ("global", "average")
+
+
+@dataclass(frozen=True)
+class DistillSettings:
+    start: str = "global"  # where the student starts: the global model, or the teachers' average (FedDF)
+
+    def __post_init__(self) -> None:
+        if self.start not in STARTS:
+            raise ValueError(f"start must be one of {', '.join(STARTS)}, got {self.start!r}")
 
 
 @AGGREGATORS.register("distill")
 class Distill(Aggregator):
+    config_cls = DistillSettings
     averages_weights = False
     uses_defense = True
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        if cls.settings_from(cfg).start == "average" and (
+                cfg.student != cfg.client_arch or (cfg.client_archs and len(set(cfg.client_archs)) > 1)):
+            raise ValueError(f"start: average averages the teachers into the student, so every client needs the "
+                             f"student's architecture ({cfg.student}); client_arch is {cfg.client_arch}"
+                             + (f", client_archs {sorted(set(cfg.client_archs))}" if cfg.client_archs else ""))
 
     @classmethod
     def global_arch(cls, cfg) -> str:
@@ -54,7 +76,9 @@ class Distill(Aggregator):
             teachers.append(t)
         student = create_model(cfg.student, num_classes=info.num_classes, in_channels=info.channels,
                                image_size=info.image_size)
-        if global_state is not None:
+        if self.settings.start == "average":
+            student.load_state_dict(weighted_mean([u.state for u in uploads], sample_weights(uploads)))
+        elif global_state is not None:
             student.load_state_dict(global_state)
         weights = ([float(u.num_examples) * u.trust for u in uploads] if cfg.weight_by_samples else
                    [u.trust for u in uploads] if any(u.trust != 1.0 for u in uploads) else None)
