@@ -100,6 +100,12 @@ def create_aggregator(cfg: "ScenarioConfig", info: "DatasetInfo", device: torch.
     return aggregator_class(cfg.aggregator)(cfg, info, device, progress)
 
 
+def clients_share(cfg: "ScenarioConfig", arch: str) -> bool:
+    """Every client model has architecture ``arch``: it is ``client_arch`` and ``client_archs`` does not
+    mix architectures (what averaging client models into, or comparing them with, an ``arch`` model needs)."""
+    return arch == cfg.client_arch and not (cfg.client_archs and len(set(cfg.client_archs)) > 1)
+
+
 def sample_weights(uploads: Sequence["Upload"]) -> list[float]:
     """Each upload's share of the total declared sample count (FedAvg's weighting), each count
     times the upload's screening ``trust`` (1 unless a screening rule came first)."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .base import AGGREGATORS, Aggregate, Aggregator
+from .base import AGGREGATORS, Aggregate, Aggregator, clients_share
 
 
 def aggregator_class(name: str) -> type[Aggregator]:
@@ -64,7 +64,7 @@ class Composite(Aggregator):
         last = AGGREGATORS.get(cls.parts[-1])
         if not any(AGGREGATORS.get(p).compares_updates for p in cls.parts[:-1]):
             return
-        if last.global_arch(cfg) != cfg.client_arch or (cfg.client_archs and len(set(cfg.client_archs)) > 1):
+        if not clients_share(cfg, last.global_arch(cfg)):
             raise ValueError(f"the filters of {'+'.join(cls.parts)} compare client models with the global model: "
                              f"the global model ({last.global_arch(cfg)}) and every client need one architecture "
                              f"(client_arch {cfg.client_arch})")

@@ -18,7 +18,7 @@ import torch
 
 from ..federated import client_arch, derive_seed
 from ..models import create_model
-from .base import AGGREGATORS, Aggregate, Aggregator, sample_weights, weighted_mean
+from .base import AGGREGATORS, Aggregate, Aggregator, clients_share, sample_weights, weighted_mean
 
 STARTS = ("global", "average")
 
@@ -40,8 +40,7 @@ class Distill(Aggregator):
 
     @classmethod
     def check(cls, cfg) -> None:
-        if cls.settings_from(cfg).start == "average" and (
-                cfg.student != cfg.client_arch or (cfg.client_archs and len(set(cfg.client_archs)) > 1)):
+        if cls.settings_from(cfg).start == "average" and not clients_share(cfg, cfg.student):
             raise ValueError(f"start: average averages the teachers into the student, so every client needs the "
                              f"student's architecture ({cfg.student}); client_arch is {cfg.client_arch}"
                              + (f", client_archs {sorted(set(cfg.client_archs))}" if cfg.client_archs else ""))
