@@ -209,6 +209,30 @@ def run_cell(cfg: ScenarioConfig) -> list[dict]:
     return run_scenario(cfg, simulate_local, resume=resume, overwrite=not resume)
 
 
+def _model(warm: ScenarioConfig) -> Path:
+    return Path(warm.out) / "global.safetensors"
+
+
+def run_warmup(cfg: ScenarioConfig) -> list[dict]:
+    """A warm-up; a finished one whose model file is gone (a fresh clone keeps metrics, not models)
+    runs again from its seed and must give the rounds it gave before, or its seed's cells would mix
+    two starting models."""
+    if not finished(cfg):
+        return run_cell(cfg)
+    stored = json.loads((Path(cfg.out) / "metrics.json").read_text())
+    from .local import simulate_local
+    from .runs import run_scenario
+
+    rows = run_scenario(cfg, simulate_local, resume=False, overwrite=True)
+    before = [(r["round"], round(r["acc"], 6), round(r["asr"], 6)) for r in stored]
+    now = [(r["round"], round(r["acc"], 6), round(r["asr"], 6)) for r in rows]
+    if now != before:
+        raise ConfigError(f"{cfg.name}: its model file was gone and the run again from seed {cfg.seed} does not "
+                          f"give the rounds it gave before (Acc {before[-1][1]:.4f} then, {now[-1][1]:.4f} now): "
+                          "its seed's finished cells started from another model; rerun the bench with --overwrite")
+    return rows
+
+
 def run_bench(spec: BenchSpec, out: str | Path, jobs: int = 1, on_done=None) -> list[Cell]:
     """Run every unfinished warm-up, then every unfinished cell (``jobs`` side by side); returns the
     cells. ``on_done(cfg, rows)`` after each."""
@@ -216,6 +240,8 @@ def run_bench(spec: BenchSpec, out: str | Path, jobs: int = 1, on_done=None) -> 
 
     warmups, cells = plan_cells(spec, out)
     check_finished(cells)
-    run_jobs(run_cell, [w for w in warmups.values() if not finished(w)], jobs, on_done)
+    waiting = {c.seed for c in cells if not finished(c.cfg)}
+    todo = [w for s, w in warmups.items() if not finished(w) or (s in waiting and not _model(w).is_file())]
+    run_jobs(run_warmup, todo, jobs, on_done)
     run_jobs(run_cell, [c.cfg for c in cells if not finished(c.cfg)], jobs, on_done)
     return cells

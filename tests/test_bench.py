@@ -2,6 +2,7 @@
 from the cells' own files."""
 import json
 import os
+import shutil
 
 import pytest
 import yaml
@@ -190,6 +191,22 @@ def test_a_two_cell_bench_runs_stops_and_resumes_without_rerunning_finished_cell
     assert "2 cells + 1 warm-ups" in res.output and "ASR %" in res.output
     board = (tmp_path / "leaderboard.csv").read_text().splitlines()
     assert len(board) == 3 and board[2].startswith("poison,fedavg,1,")
+
+    # a fresh clone keeps metrics, not models: the warm-up runs again from its seed, and must match
+    model = tmp_path / "warmup" / "seed0" / "global.safetensors"
+    model.unlink()
+    seen.clear()
+    run_bench(spec, tmp_path, on_done=lambda cfg, rows: seen.append(cfg.name))
+    assert seen == [] and not model.exists()  # every cell finished: the model is not needed
+    shutil.rmtree(second.parent)
+    run_bench(spec, tmp_path, on_done=lambda cfg, rows: seen.append(cfg.name))
+    assert seen == ["toy warm-up, seed 0", "poison / fedavg / seed 0"] and model.exists()
+    assert [r["acc"] for r in json.loads(warm.read_text())] == pytest.approx([r["acc"] for r in warm_rows])
+    model.unlink()
+    shutil.rmtree(second.parent)
+    warm.write_text(json.dumps([{**r, "acc": r["acc"] / 2} for r in warm_rows]))
+    with pytest.raises(ConfigError, match="does not give the rounds it gave before"):
+        run_bench(spec, tmp_path)
 
 
 def test_the_cli_names_a_bad_spec_key_and_exits_2(tmp_path):
