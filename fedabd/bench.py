@@ -180,6 +180,9 @@ def plan_cells(spec: BenchSpec, out: str | Path) -> tuple[dict[int, ScenarioConf
     return warmups, cells
 
 
+REBUILT = "rebuilt.json"  # a warm-up run again without its stored rounds (run_warmup)
+
+
 def finished(cfg: ScenarioConfig) -> bool:
     return (Path(cfg.out) / "metrics.json").is_file()
 
@@ -213,35 +216,55 @@ def _model(warm: ScenarioConfig) -> Path:
     return Path(warm.out) / "global.safetensors"
 
 
-def run_warmup(cfg: ScenarioConfig) -> list[dict]:
-    """A warm-up; a finished one whose model file is gone (a fresh clone keeps metrics, not models)
-    runs again from its seed and must give the rounds it gave before, or its seed's cells would mix
-    two starting models."""
+def _rounds(rows: list[dict]) -> list[tuple]:
+    return [(r["round"], round(r["acc"], 6), round(r["asr"], 6)) for r in rows]
+
+
+def run_warmup(cfg: ScenarioConfig, accept_rebuilt: bool = False) -> list[dict]:
+    """A warm-up. A finished one whose model file is gone (a clone without the model) runs again from
+    its seed in a side folder; its model is kept if the rounds are those stored, else the seed's
+    finished cells started from another model (float results differ between machines and thread
+    counts) and it is refused, unless ``accept_rebuilt``: then the rebuilt model is kept and both
+    runs' rounds are recorded in ``rebuilt.json`` (the leaderboard names it)."""
     if not finished(cfg):
         return run_cell(cfg)
-    stored = json.loads((Path(cfg.out) / "metrics.json").read_text())
+    import shutil
+
     from .local import simulate_local
     from .runs import run_scenario
 
-    rows = run_scenario(cfg, simulate_local, resume=False, overwrite=True)
-    before = [(r["round"], round(r["acc"], 6), round(r["asr"], 6)) for r in stored]
-    now = [(r["round"], round(r["acc"], 6), round(r["asr"], 6)) for r in rows]
-    if now != before:
-        raise ConfigError(f"{cfg.name}: its model file was gone and the run again from seed {cfg.seed} does not "
-                          f"give the rounds it gave before (Acc {before[-1][1]:.4f} then, {now[-1][1]:.4f} now): "
-                          "its seed's finished cells started from another model; rerun the bench with --overwrite")
-    return rows
+    out = Path(cfg.out)
+    stored = json.loads((out / "metrics.json").read_text())
+    side = out / "rebuild"
+    rows = run_scenario(replace(cfg, out=str(side)), simulate_local, resume=False, overwrite=True)
+    same = _rounds(rows) == _rounds(stored)
+    if not same and not accept_rebuilt:
+        shutil.rmtree(side)
+        raise ConfigError(f"{cfg.name}: its model file is gone and the run again from seed {cfg.seed} does not give "
+                          f"the rounds it gave before (Acc {stored[-1]['acc']:.4f} then, {rows[-1]['acc']:.4f} now; "
+                          "float results differ between machines and thread counts): its seed's finished cells "
+                          "started from another model. --accept-rebuilt-warmup finishes the seed from the new one "
+                          f"(both recorded in {out / REBUILT}); --overwrite runs the whole bench again")
+    for name in ("global.safetensors", "global.json"):
+        (side / name).replace(out / name)
+    if not same:
+        (out / REBUILT).write_text(json.dumps({"stored": stored, "rebuilt": rows}, indent=1))
+    shutil.rmtree(side)
+    return stored
 
 
-def run_bench(spec: BenchSpec, out: str | Path, jobs: int = 1, on_done=None) -> list[Cell]:
+def run_bench(spec: BenchSpec, out: str | Path, jobs: int = 1, on_done=None,
+              accept_rebuilt: bool = False) -> list[Cell]:
     """Run every unfinished warm-up, then every unfinished cell (``jobs`` side by side); returns the
-    cells. ``on_done(cfg, rows)`` after each."""
+    cells. ``on_done(cfg, rows)`` after each; ``accept_rebuilt``: see :func:`run_warmup`."""
+    import functools
+
     from .pool import run_jobs
 
     warmups, cells = plan_cells(spec, out)
     check_finished(cells)
     waiting = {c.seed for c in cells if not finished(c.cfg)}
     todo = [w for s, w in warmups.items() if not finished(w) or (s in waiting and not _model(w).is_file())]
-    run_jobs(run_warmup, todo, jobs, on_done)
+    run_jobs(functools.partial(run_warmup, accept_rebuilt=accept_rebuilt), todo, jobs, on_done)
     run_jobs(run_cell, [c.cfg for c in cells if not finished(c.cfg)], jobs, on_done)
     return cells

@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from .artifacts import atomic_write_text
-from .bench import BenchSpec, finished, plan_cells
+from .bench import REBUILT, BenchSpec, finished, plan_cells
 from .report import markdown_table, plot_curves
 from .runs import pct
 
@@ -173,6 +173,27 @@ def plot_tradeoff(entries: list[dict], path: Path, title: str) -> Path:
     return path
 
 
+def rebuilt_warmups(spec: BenchSpec, out: str | Path) -> list[str]:
+    """A line per warm-up that was run again and differed (``--accept-rebuilt-warmup``): both final Acc
+    values and how many of its seed's finished cells start from each model (a cell's round 0 is the
+    Acc of the model it started from)."""
+    warmups, cells = plan_cells(spec, out)
+    lines = []
+    for seed, warm in warmups.items():
+        path = Path(warm.out) / REBUILT
+        if not path.is_file():
+            continue
+        runs = json.loads(path.read_text())
+        then, now = runs["stored"][-1]["acc"], runs["rebuilt"][-1]["acc"]
+        starts = [json.loads((Path(c.cfg.out) / "metrics.json").read_text())[0]["acc"]
+                  for c in cells if c.seed == seed and finished(c.cfg)]
+        lines.append(f"- Warm-up seed {seed} was run again (its model file was gone) and gave Acc {pct(now)} where it "
+                     f"had given {pct(then)}: of its seed's {len(starts)} finished cells, "
+                     f"{sum(abs(a - then) < 1e-6 for a in starts)} start from the first model and "
+                     f"{sum(abs(a - now) < 1e-6 for a in starts)} from the rebuilt one.")
+    return lines
+
+
 def write_leaderboard(spec: BenchSpec, out: str | Path) -> Path:
     """``leaderboard.md`` / ``.csv``, ``tradeoff.png`` and ``curves_<attack>.png`` in ``out``, read
     from the cells' own files; returns the Markdown page's path."""
@@ -187,5 +208,7 @@ def write_leaderboard(spec: BenchSpec, out: str | Path) -> Path:
             plot_curves([], "round", series, out / f"curves_{attack}.png", title=f"{spec.name}, {attack}: per round")
     figures = ["", "![Acc against ASR](tradeoff.png)", "",
                *[f"![{a}](curves_{a}.png)" for a in spec.attacks if (out / f"curves_{a}.png").exists()]]
-    atomic_write_text(page, leaderboard_markdown(spec, entries) + "\n".join(figures) + "\n")
+    notes = rebuilt_warmups(spec, out)
+    notes = ["", "## Warm-ups run again", "", *notes] if notes else []
+    atomic_write_text(page, leaderboard_markdown(spec, entries) + "\n".join(figures + notes) + "\n")
     return page

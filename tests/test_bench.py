@@ -207,6 +207,10 @@ def test_a_two_cell_bench_runs_stops_and_resumes_without_rerunning_finished_cell
     warm.write_text(json.dumps([{**r, "acc": r["acc"] / 2} for r in warm_rows]))
     with pytest.raises(ConfigError, match="does not give the rounds it gave before"):
         run_bench(spec, tmp_path)
+    assert not model.exists() and json.loads(warm.read_text())[-1]["acc"] == pytest.approx(warm_rows[-1]["acc"] / 2)
+    run_bench(spec, tmp_path, accept_rebuilt=True)  # both runs recorded, the leaderboard says which cell used which
+    assert model.exists() and second.exists() and (warm.parent / "rebuilt.json").exists()
+    assert "0 start from the first model and 2 from the rebuilt one" in write_leaderboard(spec, tmp_path).read_text()
 
 
 def test_the_cli_names_a_bad_spec_key_and_exits_2(tmp_path):

@@ -19,6 +19,7 @@ def bench_cmd(
     aggregators: Annotated[Optional[str], typer.Option(help="Only these aggregators of the spec (comma list).")] = None,
     device: Annotated[Optional[str], typer.Option(help="Device of every cell (default: the spec's, else auto).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Delete the folder's earlier cells first.")] = False,
+    accept_rebuilt_warmup: Annotated[bool, typer.Option(help="A warm-up whose model file is gone and whose run again from its seed differs (another machine): finish its seed from the new model, both runs recorded in the warm-up's rebuilt.json.")] = False,
 ) -> None:
     """The federated backdoor leaderboard: every cell of the spec, then leaderboard.md / .csv and plots."""
     from dataclasses import replace
@@ -52,7 +53,7 @@ def bench_cmd(
                 last = rows[-1]
                 bar.update(task, advance=1, info=f"{cfg.name}: Acc {pct(last.get('acc'))} ASR {pct(last.get('asr'))}")
 
-            run_bench(bench, folder, jobs, on_done)
+            run_bench(bench, folder, jobs, on_done, accept_rebuilt_warmup)
             bar.update(task, info="")
         page = write_leaderboard(bench, folder)
     console.print(page.read_text().split("## Every cell")[0].rstrip(), highlight=False)
