@@ -187,8 +187,8 @@ def rebuilt_warmups(spec: BenchSpec, out: str | Path) -> list[str]:
         then, now = runs["stored"][-1]["acc"], runs["rebuilt"][-1]["acc"]
         starts = [json.loads((Path(c.cfg.out) / "metrics.json").read_text())[0]["acc"]
                   for c in cells if c.seed == seed and finished(c.cfg)]
-        lines.append(f"- Warm-up seed {seed} was run again (its model file was gone) and gave Acc {pct(now)} where it "
-                     f"had given {pct(then)}: of its seed's {len(starts)} finished cells, "
+        lines.append(f"- Warm-up seed {seed} was run again (its model file was gone) and gave Acc {pct(now)} % where it "
+                     f"had given {pct(then)} %: of its seed's {len(starts)} finished cells, "
                      f"{sum(abs(a - then) < 1e-6 for a in starts)} start from the first model and "
                      f"{sum(abs(a - now) < 1e-6 for a in starts)} from the rebuilt one.")
     return lines
