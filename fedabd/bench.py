@@ -28,7 +28,7 @@ from pathlib import Path
 
 from .config import ConfigError, ScenarioConfig, build, read_yaml, validate
 from .runfolder import config_differences, read_json
-from .runs import folder_name, variant_keys
+from .runs import GLOBAL_FILES, folder_name, variant_keys
 
 SPEC_KEYS = ("name", "description", "scenario", "warmup", "attacks", "aggregators", "seeds")
 
@@ -154,6 +154,11 @@ def warmup_config(spec: BenchSpec, out: Path, seed: int) -> ScenarioConfig | Non
     return build(values, f"{spec.where}: warmup")
 
 
+def warmup_model(warm: ScenarioConfig) -> Path:
+    """The model file a warm-up leaves, which every cell of its seed starts from."""
+    return Path(warm.out) / GLOBAL_FILES[0]
+
+
 def plan_cells(spec: BenchSpec, out: str | Path) -> tuple[dict[int, ScenarioConfig], list[Cell]]:
     """Every warm-up and cell of the bench, each validated (ConfigError names the attack and the
     aggregator whose combination is wrong) before anything runs."""
@@ -175,7 +180,7 @@ def plan_cells(spec: BenchSpec, out: str | Path) -> tuple[dict[int, ScenarioConf
                     if cfg.global_arch != warm.global_arch:
                         raise ConfigError(f"{where}: its global model ({cfg.global_arch}) cannot start from the "
                                           f"warm-up's FedAvg model ({warm.global_arch})")
-                    cfg = replace(cfg, initial_model=str(Path(warm.out) / "global.safetensors"))
+                    cfg = replace(cfg, initial_model=str(warmup_model(warm)))
                 cells.append(Cell(attack, agg, seed, cfg))
     return warmups, cells
 
@@ -212,10 +217,6 @@ def run_cell(cfg: ScenarioConfig) -> list[dict]:
     return run_scenario(cfg, simulate_local, resume=resume, overwrite=not resume)
 
 
-def _model(warm: ScenarioConfig) -> Path:
-    return Path(warm.out) / "global.safetensors"
-
-
 def _rounds(rows: list[dict]) -> list[tuple]:
     return [(r["round"], round(r["acc"], 6), round(r["asr"], 6)) for r in rows]
 
@@ -245,7 +246,7 @@ def run_warmup(cfg: ScenarioConfig, accept_rebuilt: bool = False) -> list[dict]:
                           "float results differ between machines and thread counts): its seed's finished cells "
                           "started from another model. --accept-rebuilt-warmup finishes the seed from the new one "
                           f"(both recorded in {out / REBUILT}); --overwrite runs the whole bench again")
-    for name in ("global.safetensors", "global.json"):
+    for name in GLOBAL_FILES:
         (side / name).replace(out / name)
     if not same:
         (out / REBUILT).write_text(json.dumps({"stored": stored, "rebuilt": rows}, indent=1))
@@ -264,7 +265,7 @@ def run_bench(spec: BenchSpec, out: str | Path, jobs: int = 1, on_done=None,
     warmups, cells = plan_cells(spec, out)
     check_finished(cells)
     waiting = {c.seed for c in cells if not finished(c.cfg)}
-    todo = [w for s, w in warmups.items() if not finished(w) or (s in waiting and not _model(w).is_file())]
+    todo = [w for s, w in warmups.items() if not finished(w) or (s in waiting and not warmup_model(w).is_file())]
     run_jobs(functools.partial(run_warmup, accept_rebuilt=accept_rebuilt), todo, jobs, on_done)
     run_jobs(run_cell, [c.cfg for c in cells if not finished(c.cfg)], jobs, on_done)
     return cells

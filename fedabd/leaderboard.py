@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 
 from .artifacts import atomic_write_text
-from .bench import REBUILT, BenchSpec, finished, plan_cells
+from .bench import REBUILT, BenchSpec, finished, plan_cells, warmup_config
 from .report import markdown_table, plot_curves
 from .runs import pct
 
@@ -177,12 +177,13 @@ def rebuilt_warmups(spec: BenchSpec, out: str | Path) -> list[str]:
     """A line per warm-up that was run again and differed (``--accept-rebuilt-warmup``): both final Acc
     values and how many of its seed's finished cells start from each model (a cell's round 0 is the
     Acc of the model it started from)."""
-    warmups, cells = plan_cells(spec, out)
+    warmups = {s: w for s in spec.seeds if (w := warmup_config(spec, Path(out), s)) is not None}
+    rebuilt = {s: Path(w.out) / REBUILT for s, w in warmups.items() if (Path(w.out) / REBUILT).is_file()}
+    if not rebuilt:
+        return []
+    _, cells = plan_cells(spec, out)
     lines = []
-    for seed, warm in warmups.items():
-        path = Path(warm.out) / REBUILT
-        if not path.is_file():
-            continue
+    for seed, path in rebuilt.items():
         runs = json.loads(path.read_text())
         then, now = runs["stored"][-1]["acc"], runs["rebuilt"][-1]["acc"]
         starts = [json.loads((Path(c.cfg.out) / "metrics.json").read_text())[0]["acc"]

@@ -23,6 +23,8 @@ from .runfolder import own_run_folder
 
 Simulate = Callable[..., list[dict]]
 
+GLOBAL_FILES = ("global.safetensors", "global.json")  # a finished run's global model and its description
+
 
 def pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
@@ -85,8 +87,8 @@ def _run(cfg: ScenarioConfig, simulate: Simulate, resume: bool, on_round, progre
 
     rows = simulate(cfg, on_round=record, resume=resume, progress=progress)
     ckpt = Checkpoint(out).dir
-    for suffix in (".safetensors", ".json"):
-        shutil.copyfile(ckpt / f"global{suffix}", out / f"global{suffix}")
+    for name in GLOBAL_FILES:
+        shutil.copyfile(ckpt / name, out / name)
     run.rewrite(rows)
     run.write_json("metrics.json", rows)
     plot_curves(rows, "round", None, out / "acc_asr.png", title=title or describe(cfg))
