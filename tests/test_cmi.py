@@ -206,17 +206,10 @@ def test_bad_schedule_rejected():
 # -- end to end -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
-def test_mnist_end_to_end():
-    from fedabd.data import load_dataset
+def test_mnist_end_to_end(mnist_clean_teacher):
     from fedabd.metrics import evaluate
-    from fedabd.teachers import train_teacher
-    from fedabd.train import TrainConfig
 
-    train = load_dataset("mnist_subset", "train")
-    test = load_dataset("mnist_subset", "test")
-    teacher = train_teacher("mnist_subset", "lenet5", None, seed=0, cfg=TrainConfig(epochs=3),
-                            train=train, test=test)
-    assert teacher.metrics["acc"] > 0.9
+    teacher, _, test = mnist_clean_teacher
     torch.manual_seed(0)
     student = create_model("lenet5_half", 10, 1, 28)
     before = evaluate(student, test)["acc"]

@@ -249,19 +249,10 @@ def test_naive_mode_runs_the_same_loop():
 
 
 @pytest.mark.slow
-def test_clean_lenet_teacher_distils_to_80_percent():
-    from fedabd.data import load_dataset
+def test_clean_lenet_teacher_distils_to_80_percent(mnist_clean_teacher):
     from fedabd.metrics import evaluate
-    from fedabd.teachers import train_teacher
-    from fedabd.train import TrainConfig
 
-    try:
-        train, test = load_dataset("mnist_subset", "train"), load_dataset("mnist_subset", "test")
-    except Exception as exc:  # pragma: no cover - the dataset module may not exist yet
-        pytest.skip(f"mnist_subset not available: {exc}")
-    teacher = train_teacher("mnist_subset", "lenet5", None, seed=0, cfg=TrainConfig(epochs=3),
-                            train=train, test=test)
-    assert teacher.metrics["acc"] > 0.9
+    teacher, train, test = mnist_clean_teacher
     student = model("lenet5_half", train.info, seed=0)
     d = create_distiller("zskt", teacher.model, student, train.info, overrides={"pseudo_batches": 150}, seed=0)
     t0 = time.perf_counter()
