@@ -1,0 +1,83 @@
+"""The Shuffling Vaccine's dose-response on one attack: SV alone at several lambdas beside no defence.
+
+    python scripts/sv_dose.py --attack badnet_sq --kd zskt \
+        --none results/reproduce_faithful --dose 0.1=results/reproduce_faithful \
+        --dose 0.3=results/reproduce_sv_dose/lam0.3 --dose 1.0=results/reproduce_sv_dose/lam1.0
+
+Every number is read from the folders' ``runs/seedS/ATTACK/KD_DEFENCE/summary.json`` (``_none`` for
+the no-defence row, ``_sv`` for the others); a no-defence seed whose folder is missing is read from
+the ``--none`` folder's ``results.json`` (the table that reproduction wrote) and marked ``*``. For the
+clean teacher (no ASR) only Acc is shown: what SV costs where there is nothing to remove.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+
+def cells(folder: Path, attack: str, job: str) -> dict[int, dict]:
+    out = {}
+    for f in sorted(folder.glob(f"runs/seed*/{attack}/{job}/summary.json")):
+        seed = int(f.parts[-4][len("seed"):])
+        s = json.loads(f.read_text())
+        out[seed] = dict(s["final"], sv=(s.get("defense_state") or {}).get("sv", {}).get("status"))
+    return out
+
+
+def none_cells(folder: Path, attack: str, kd: str) -> dict[int, dict]:
+    own = cells(folder, attack, f"{kd}_none")
+    table = folder / "results.json"
+    if table.exists():
+        old = json.loads(table.read_text()).get(f"{attack}|{kd}|none", {}).get("per_seed", {})
+        for seed, row in old.items():
+            own.setdefault(int(seed), dict(row, from_table=True))
+    return own
+
+
+def fmt(row: dict) -> str:
+    star = "*" if row.get("from_table") else ""
+    if row.get("asr") is None:
+        return f"{100 * row['acc']:.1f}{star}"
+    return f"{100 * row['acc']:.1f} / {100 * row['asr']:.1f}{star}"
+
+
+def mean(rows: dict[int, dict]) -> str:
+    if not rows:
+        return "-"
+    acc = statistics.mean(r["acc"] for r in rows.values())
+    if any(r.get("asr") is None for r in rows.values()):
+        return f"{100 * acc:.1f} (n={len(rows)})"
+    asr = statistics.mean(r["asr"] for r in rows.values())
+    return f"{100 * acc:.1f} / {100 * asr:.1f} (n={len(rows)})"
+
+
+def table(attack: str, kd: str, none: Path, doses: list[tuple[str, Path]], seeds: int) -> str:
+    rows = [("no defence", none_cells(none, attack, kd))]
+    rows += [(f"SV, lambda {lam}", cells(folder, attack, f"{kd}_sv")) for lam, folder in doses]
+    head = ["setting", *[f"seed {s}" for s in range(seeds)], "mean", "SV status"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, got in rows:
+        status = sorted({str(r.get("sv")) for r in got.values() if r.get("sv")}) or ["-"]
+        lines.append("| " + " | ".join([name, *[fmt(got[s]) if s in got else "-" for s in range(seeds)],
+                                         mean(got), ", ".join(status)]) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--attack", required=True)
+    ap.add_argument("--kd", default="zskt")
+    ap.add_argument("--none", type=Path, required=True, help="reproduction holding the no-defence cells")
+    ap.add_argument("--dose", action="append", default=[], help="LAMBDA=FOLDER holding that lambda's SV-only cells")
+    ap.add_argument("--seeds", type=int, default=3)
+    args = ap.parse_args()
+    doses = [(d.split("=", 1)[0], Path(d.split("=", 1)[1])) for d in args.dose]
+    for attack in ("clean", args.attack):
+        print(f"\n{attack}, {args.kd} (Acc{'' if attack == 'clean' else ' / ASR'} %):\n")
+        print(table(attack, args.kd, args.none, doses, args.seeds))
+
+
+if __name__ == "__main__":
+    main()
