@@ -19,8 +19,11 @@ from fedabd.reproduce import PAPER, Plan, claim, collect
 from fedabd.report import markdown_table
 
 
-def load(folder: Path) -> tuple[Plan, dict]:
+def load(folder: Path, attacks: list[str] | None = None) -> tuple[Plan, dict]:
+    """The folder's plan (its last command's), with ``attacks`` in place of the plan's when given (a
+    folder filled by several commands: the cells of every attack named are read)."""
     raw = json.loads((folder / "plan.json").read_text())
+    raw["attacks"] = attacks or raw["attacks"]
     plan = Plan(**{**raw, "out": Path(raw["out"]), "base": Path(raw["base"]) if raw.get("base") else None})
     return plan, collect(plan)
 
@@ -54,9 +57,9 @@ def verdicts(results: dict, attack: str, kd: str) -> tuple[str, str]:
     return f"{first} ({lost:+.1f} pts)", f"{second} (paper loses {paper_loss:.1f})" if paper_loss is not None else second
 
 
-def page(new_dir: Path, old_dir: Path, kd: str) -> str:
-    new_plan, new = load(new_dir)
-    _, old = load(old_dir)
+def page(new_dir: Path, old_dir: Path, kd: str, attacks: list[str] | None = None) -> str:
+    new_plan, new = load(new_dir, attacks)
+    _, old = load(old_dir, attacks)
     attacks = [a for a in new_plan.attacks if a != "clean"]
     rows = []
     for attack in ["clean", *attacks]:
@@ -68,7 +71,7 @@ def page(new_dir: Path, old_dir: Path, kd: str) -> str:
            "Acc / ASR %, no defence -> ABD, mean over the seeds both cells have; (halved k/n): on how many of "
            "them ABD at least halved ASR. Claim: the mean ASR halved at <= 5 points of Acc, and at no more "
            "Acc than the paper's own ZSKT + ABD row loses.\n",
-           markdown_table(["attack", "paper (CIFAR-10)", f"{old_dir.name}", f"{new_dir.name}",
+           markdown_table(["attack", "paper, ZSKT (CIFAR-10)", f"{old_dir.name}", f"{new_dir.name}",
                            "claim, <= 5 pts", "claim, <= paper's loss"], rows)]
     abl = []
     for attack in attacks:
@@ -86,8 +89,9 @@ def main() -> None:
     ap.add_argument("new", type=Path)
     ap.add_argument("old", type=Path)
     ap.add_argument("--kd", default="zskt")
+    ap.add_argument("--attack", default=None, help="comma list of attacks (default: the first folder's last plan)")
     args = ap.parse_args()
-    print(page(args.new, args.old, args.kd), end="")
+    print(page(args.new, args.old, args.kd, args.attack.split(",") if args.attack else None), end="")
 
 
 if __name__ == "__main__":
