@@ -1,12 +1,14 @@
 """The Shuffling Vaccine's dose-response on one attack: SV alone at several lambdas beside no defence.
 
     python scripts/sv_dose.py --attack badnet_sq --kd zskt \
-        --none results/reproduce_faithful --dose 0.1=results/reproduce_faithful \
+        --none results/reproduce_faithful --none-table results/reproduce_faithful/results_2026-12-04.json \
+        --dose 0.1=results/reproduce_faithful \
         --dose 0.3=results/reproduce_sv_dose/lam0.3 --dose 1.0=results/reproduce_sv_dose/lam1.0
 
 Every number is read from the folders' ``runs/seedS/ATTACK/KD_DEFENCE/summary.json`` (``_none`` for
 the no-defence row, ``_sv`` for the others); a no-defence seed whose folder is missing is read from
-the ``--none`` folder's ``results.json`` (the table that reproduction wrote) and marked ``*``. For the
+``--none-table`` (a ``results.json`` that reproduction wrote; default: the ``--none`` folder's) and
+marked ``*``. For the
 clean teacher (no ASR) only Acc is shown: what SV costs where there is nothing to remove.
 """
 from __future__ import annotations
@@ -26,9 +28,9 @@ def cells(folder: Path, attack: str, job: str) -> dict[int, dict]:
     return out
 
 
-def none_cells(folder: Path, attack: str, kd: str) -> dict[int, dict]:
+def none_cells(folder: Path, attack: str, kd: str, table: Path | None = None) -> dict[int, dict]:
     own = cells(folder, attack, f"{kd}_none")
-    table = folder / "results.json"
+    table = table or folder / "results.json"
     if table.exists():
         old = json.loads(table.read_text()).get(f"{attack}|{kd}|none", {}).get("per_seed", {})
         for seed, row in old.items():
@@ -53,8 +55,9 @@ def mean(rows: dict[int, dict]) -> str:
     return f"{100 * acc:.1f} / {100 * asr:.1f} (n={len(rows)})"
 
 
-def table(attack: str, kd: str, none: Path, doses: list[tuple[str, Path]], seeds: int) -> str:
-    rows = [("no defence", none_cells(none, attack, kd))]
+def table(attack: str, kd: str, none: Path, doses: list[tuple[str, Path]], seeds: int,
+          none_table: Path | None = None) -> str:
+    rows = [("no defence", none_cells(none, attack, kd, none_table))]
     rows += [(f"SV, lambda {lam}", cells(folder, attack, f"{kd}_sv")) for lam, folder in doses]
     head = ["setting", *[f"seed {s}" for s in range(seeds)], "mean", "SV status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -71,12 +74,14 @@ def main() -> None:
     ap.add_argument("--kd", default="zskt")
     ap.add_argument("--none", type=Path, required=True, help="reproduction holding the no-defence cells")
     ap.add_argument("--dose", action="append", default=[], help="LAMBDA=FOLDER holding that lambda's SV-only cells")
+    ap.add_argument("--none-table", type=Path, default=None,
+                    help="results.json read for no-defence seeds without a folder (default: --none's)")
     ap.add_argument("--seeds", type=int, default=3)
     args = ap.parse_args()
     doses = [(d.split("=", 1)[0], Path(d.split("=", 1)[1])) for d in args.dose]
     for attack in ("clean", args.attack):
         print(f"\n{attack}, {args.kd} (Acc{'' if attack == 'clean' else ' / ASR'} %):\n")
-        print(table(attack, args.kd, args.none, doses, args.seeds))
+        print(table(attack, args.kd, args.none, doses, args.seeds, args.none_table))
 
 
 if __name__ == "__main__":
