@@ -8,15 +8,16 @@
 Every number is read from the folders' ``runs/seedS/ATTACK/KD_DEFENCE/summary.json`` (``_none`` for
 the no-defence row, ``_sv`` for the others); a no-defence seed whose folder is missing is read from
 ``--none-table`` (a ``results.json`` that reproduction wrote; default: the ``--none`` folder's) and
-marked ``*``. For the
-clean teacher (no ASR) only Acc is shown: what SV costs where there is nothing to remove.
+marked ``*``. For the clean teacher (no ASR) only Acc is shown: what SV costs where there is nothing
+to remove. Cells are formatted as in ``sr_length_table.py``.
 """
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 from pathlib import Path
+
+from sr_length_table import fmt as acc_asr  # mean Acc / ASR % of cells (Acc alone without ASR)
 
 
 def cells(folder: Path, attack: str, job: str) -> dict[int, dict]:
@@ -39,20 +40,11 @@ def none_cells(folder: Path, attack: str, kd: str, table: Path | None = None) ->
 
 
 def fmt(row: dict) -> str:
-    star = "*" if row.get("from_table") else ""
-    if row.get("asr") is None:
-        return f"{100 * row['acc']:.1f}{star}"
-    return f"{100 * row['acc']:.1f} / {100 * row['asr']:.1f}{star}"
+    return acc_asr([row]) + ("*" if row.get("from_table") else "")
 
 
 def mean(rows: dict[int, dict]) -> str:
-    if not rows:
-        return "-"
-    acc = statistics.mean(r["acc"] for r in rows.values())
-    if any(r.get("asr") is None for r in rows.values()):
-        return f"{100 * acc:.1f} (n={len(rows)})"
-    asr = statistics.mean(r["asr"] for r in rows.values())
-    return f"{100 * acc:.1f} / {100 * asr:.1f} (n={len(rows)})"
+    return f"{acc_asr(list(rows.values()))} (n={len(rows)})" if rows else "-"
 
 
 def table(attack: str, kd: str, none: Path, doses: list[tuple[str, Path]], seeds: int,
