@@ -106,7 +106,8 @@ class ScenarioConfig:
     seed: int = 0
     device: str = "auto"
     out: str = "runs/simulate"
-    client_timeout: float = 600.0
+    client_timeout: float = 600.0  # seconds a round waits for the clients' replies
+    startup_timeout: float = 300.0  # extra wait in a run's first round: clients start (Ray, torch imports)
 
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
@@ -191,7 +192,7 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     for key in ("local_epochs", "local_batch_size"):
         if getattr(cfg, key) < 1:
             raise bad(key, f"must be >= 1, got {getattr(cfg, key)}")
-    for key in ("attack_start_round",):
+    for key in ("attack_start_round", "startup_timeout"):
         if getattr(cfg, key) < 0:
             raise bad(key, f"must be >= 0, got {getattr(cfg, key)}")
     if cfg.attack_stop_round is not None and cfg.attack_stop_round < cfg.attack_start_round:

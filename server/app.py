@@ -71,7 +71,9 @@ def run_rounds(grid: Grid, cfg: ScenarioConfig, on_round: RoundCallback | None =
         # the first round waits for every client to connect; later ones go on without departed nodes
         messages = train_messages(grid, engine, rnd, cfg.clients if rnd == first else cfg.min_clients)
         sent = {m.metadata.dst_node_id for m in messages}
-        replies = list(grid.send_and_receive(messages, timeout=cfg.client_timeout))
+        # the first round's wait also covers the clients' start (in a simulation, Ray starting beside it)
+        wait = cfg.client_timeout + (cfg.startup_timeout if rnd == first else 0.0)
+        replies = list(grid.send_and_receive(messages, timeout=wait))
         # the grid gives sent messages their ids; a reply names the message it answers. A SuperLink's
         # own error reply (e.g. node unavailable) comes from the SuperLink, not from the node.
         dst = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}

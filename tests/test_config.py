@@ -140,6 +140,7 @@ def test_scenario_paths_that_are_not_small_regular_files_are_refused(tmp_path):
     ({"local_lr": float("nan")}, "local_lr: must be a finite number"),
     ({"local_clip": -1.0}, "local_clip: must be >= 0"),
     ({"client_timeout": float("inf")}, "client_timeout: must be a finite number"),
+    ({"startup_timeout": -1.0}, "startup_timeout: must be >= 0"),
     ({"device": "banana"}, "device: unknown device 'banana'"),
     ({"device": "cuda:7"}, "device: "),
     ({"clients": 10, "fraction": 0.2, "min_clients": 3}, "min_clients: 3 is more than the 2 client(s)"),

@@ -26,7 +26,7 @@ class LocalGrid(Grid):
         self.app, self.faults, self.round = make_client_app(cfg), faults, 0
         self.contexts = {n: Context(run_id=1, node_id=n, node_config={"partition-id": p}, state=RecordDict(),
                                     run_config={}) for n, p in NODES.items()}
-        self._run, self._pending = None, {}
+        self._run, self._pending, self.timeouts = None, {}, []
 
     def set_run(self, run):
         self._run = run
@@ -62,6 +62,7 @@ class LocalGrid(Grid):
         return replies
 
     def send_and_receive(self, messages, *, timeout=None):
+        self.timeouts.append(timeout)
         return self.pull_messages(self.push_messages(messages))
 
 
@@ -90,3 +91,13 @@ def test_a_round_with_fewer_usable_clients_than_min_clients_fails_naming_them(tm
     faults = {(2, 101): "unavailable", (2, 102): "silent"}
     with pytest.raises(RoundFailed, match=r"round 2: only 1 usable .*failed: \['0'\], missing: \['1'\]"):
         run_rounds(LocalGrid(cfg, faults), cfg)
+
+
+def test_the_first_round_of_a_run_also_waits_for_the_clients_start_up(tmp_path):
+    """A simulation's first round starts beside Ray: its wait is client_timeout + startup_timeout,
+    later rounds wait client_timeout (a slow start must not leave round 1 without clients)."""
+    cfg = scenario(tmp_path, clients=3, malicious=0, rounds=3, aggregator="fedavg", client_timeout=30.0,
+                   startup_timeout=200.0)
+    grid = LocalGrid(cfg, {})
+    run_rounds(grid, cfg)
+    assert grid.timeouts == [230.0, 30.0, 30.0]
