@@ -10,18 +10,18 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 # under pytest-xdist (the README's test command) each worker takes one core's worth of threads
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
-# Tests that start Ray (Flower's simulation engine) run one after another on one xdist worker; the
-# Deployment Engine's (a SuperLink and SuperNodes on free ports, no Ray) on one worker of their own.
-RAY_FILES = {"test_simulation.py", "test_faults.py"}
-DEPLOYMENT_FILES = {"test_deployment.py"}
+# Tests that start Ray (Flower's simulation engine) run in two xdist groups, each one test after
+# another on its own worker (two local Ray instances at a time at most: the faults tests wait on a
+# client's timeout and on processes, the others compute); the Deployment Engine's tests (a SuperLink
+# and SuperNodes on free ports, no Ray) on a worker of their own.
+GROUPS = {"test_faults.py": "ray-faults", "test_simulation.py": "ray", "test_deployment.py": "deployment"}
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.path.name in RAY_FILES or item.get_closest_marker("ray"):
-            item.add_marker(pytest.mark.xdist_group("ray"))
-        elif item.path.name in DEPLOYMENT_FILES:
-            item.add_marker(pytest.mark.xdist_group("deployment"))
+        group = GROUPS.get(item.path.name) or ("ray" if item.get_closest_marker("ray") else None)
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 def pytest_xdist_auto_num_workers(config):
