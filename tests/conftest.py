@@ -17,6 +17,7 @@ torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, tor
 GROUPS = {"test_faults.py": "ray-faults", "test_simulation.py": "ray", "test_deployment.py": "deployment"}
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which turns the xdist_group marks into groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
         group = GROUPS.get(item.path.name) or ("ray" if item.get_closest_marker("ray") else None)
