@@ -67,7 +67,6 @@ def test_evaluate_uses_the_stored_trigger(teacher_dir):
      "min_clients: 3 is more than the 2 client(s) a round samples"),
     (("simulate", "--resume", "/nonexistent"), "no config.json"),
     (("train-teacher", "--out", "/proc/fedabd-out", "--epochs", "1"), "--out /proc/fedabd-out: cannot write there"),
-    (("distill", "--teacher", "/nonexistent.safetensors", "--out", "/proc/x"), "--out /proc/x: cannot write there"),
     (("simulate", "--resume", "x", "--compare", "fedavg"), "takes neither --compare nor --overwrite"),
 ])
 def test_bad_input_gives_one_clear_line_and_exit_2(args, needle):
@@ -75,6 +74,15 @@ def test_bad_input_gives_one_clear_line_and_exit_2(args, needle):
     assert res.exit_code == 2, res.output
     assert needle in res.output
     assert "Traceback" not in res.output
+
+
+def test_distill_names_a_missing_teacher_before_making_its_folder_and_an_unwritable_out_before_work(
+        tmp_path, teacher_dir):
+    res = invoke("distill", "--teacher", tmp_path / "nope.safetensors", "--out", tmp_path / "out")
+    assert res.exit_code == 2 and "nope.json: metadata file not found" in res.output, res.output
+    assert not (tmp_path / "out").exists()
+    res = invoke("distill", "--teacher", teacher_dir / "clean.safetensors", "--out", "/proc/x")
+    assert res.exit_code == 2 and "--out /proc/x: cannot write there" in res.output, res.output
 
 
 def test_an_out_that_is_a_file_and_paths_with_markup_print_literally(tmp_path):

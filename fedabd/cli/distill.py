@@ -29,12 +29,15 @@ def distill_cmd(
     data_dir: Annotated[Optional[Path], typer.Option()] = None,
 ) -> None:
     """Distil teacher file(s) into a student without their data; Acc/ASR over training, plot, student file."""
+    from ..artifacts import read_metadata
     from ..defenses import build_defense
     from ..single import distill_files
 
     with user_errors():
         defense = build_defense(abd, sv=parse_settings(sv, "--sv"), sr=parse_settings(sr, "--sr"))
         w = [float(v) for v in weights.split(",")] if weights else None
+        for t in teacher:  # a missing or malformed teacher is named before the output folder is made
+            read_metadata(t)
         writable_folder(out)
         with progress_bar() as bar:
             task = bar.add_task(f"{kd}{'+' + abd if abd != 'none' else ''}", total=None, info="")
