@@ -18,6 +18,7 @@ import json
 from pathlib import Path
 
 from sr_length_table import fmt as acc_asr  # mean Acc / ASR % of cells (Acc alone without ASR)
+from sr_length_table import read  # one cell: its summary, else the results.json's per-seed row
 
 
 def cells(folder: Path, attack: str, job: str) -> dict[int, dict]:
@@ -29,14 +30,12 @@ def cells(folder: Path, attack: str, job: str) -> dict[int, dict]:
     return out
 
 
-def none_cells(folder: Path, attack: str, kd: str, table: Path | None = None) -> dict[int, dict]:
-    own = cells(folder, attack, f"{kd}_none")
+def none_cells(folder: Path, attack: str, kd: str, seeds: int, table: Path | None = None) -> dict[int, dict]:
+    """No-defence cells, a seed without a summary read from ``table`` (marked ``from_table``)."""
     table = table or folder / "results.json"
-    if table.exists():
-        old = json.loads(table.read_text()).get(f"{attack}|{kd}|none", {}).get("per_seed", {})
-        for seed, row in old.items():
-            own.setdefault(int(seed), dict(row, from_table=True))
-    return own
+    results = json.loads(table.read_text()) if table.exists() else None
+    got = {s: read(folder, s, attack, f"{kd}_none", results) for s in range(seeds)}
+    return {s: r for s, r in got.items() if r is not None}
 
 
 def fmt(row: dict) -> str:
@@ -49,7 +48,7 @@ def mean(rows: dict[int, dict]) -> str:
 
 def table(attack: str, kd: str, none: Path, doses: list[tuple[str, Path]], seeds: int,
           none_table: Path | None = None) -> str:
-    rows = [("no defence", none_cells(none, attack, kd, none_table))]
+    rows = [("no defence", none_cells(none, attack, kd, seeds, none_table))]
     rows += [(f"SV, lambda {lam}", cells(folder, attack, f"{kd}_sv")) for lam, folder in doses]
     head = ["setting", *[f"seed {s}" for s in range(seeds)], "mean", "SV status"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
