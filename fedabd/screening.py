@@ -84,9 +84,10 @@ def class_masks(model: nn.Module | list[nn.Module], x: torch.Tensor, info: Datas
     ``(n, 1, 1, H, W)`` in [0, 1], the patterns ``(n, 1, ch, H, W)`` (normalised) and each mask's flip
     rate ``(n,)``. The model is not changed.
 
-    A list of K models of one architecture is searched in one batched call (``torch.func``: stacked
-    weights, ``vmap``), each model with its own masks: the results gain a leading K axis and equal
-    K separate searches (Adam is elementwise and the models' losses are summed)."""
+    A list of K models is searched at once (one optimiser; the models' forward passes are one
+    ``vmap`` call on an accelerator, a loop on the CPU, as :class:`~fedabd.models.ensemble.Ensemble`
+    chooses), each model with its own masks: the results gain a leading K axis and equal K separate
+    searches (Adam is elementwise and the models' losses are summed)."""
     models = model if isinstance(model, list) else [model]
     classes = list(range(info.num_classes)) if classes is None else list(classes)
     k, n, (b, ch, h, w) = len(models), len(classes), x.shape
@@ -96,7 +97,7 @@ def class_masks(model: nn.Module | list[nn.Module], x: torch.Tensor, info: Datas
     pattern_logit = torch.zeros((k, n, 1, ch, h, w), device=x.device, requires_grad=True)
     labels = torch.tensor(classes, device=x.device).repeat_interleave(b).repeat(k)
     opt = torch.optim.Adam([mask_logit, pattern_logit], lr=cfg.lr)
-    # frozen copies (the callers' models are left as they were), batched when they share an architecture
+    # frozen copies (the callers' models are left as they were)
     forward = Ensemble([copy.deepcopy(m) for m in models]).each_member
 
     def parts() -> tuple[torch.Tensor, torch.Tensor]:

@@ -135,3 +135,25 @@ def test_cmi_inverts_the_same_combined_target_the_student_learns(rule):
     x = torch.randn(4, 1, 28, 28)
     inverted, _ = d._invert_forward(x)
     assert torch.allclose(inverted, d.teacher_logits(x), atol=1e-5)
+
+
+def test_the_cpu_runs_the_members_in_turn_with_the_batched_calls_numbers():
+    """Auto (``batched=None``) loops on the CPU (faster there, benchmarks/results/ensemble_loop.md);
+    ``batched=True`` vmaps: same logits, features and input gradients either way."""
+    torch.manual_seed(0)
+    members = [create_model("lenet5", num_classes=10, in_channels=1, image_size=28) for _ in range(3)]
+    auto, vmapped = Ensemble(members, combine="norm_median"), Ensemble(members, combine="norm_median", batched=True)
+    x = torch.randn(4, 1, 28, 28)
+    assert not auto.vmapped(x) and vmapped.vmapped(x)
+    assert auto.vmapped(x.to("meta"))  # an accelerator's tensor takes the batched call
+    grads = []
+    for ens in (auto, vmapped):
+        xi = x.clone().requires_grad_(True)
+        logits, feats = ens(xi, return_features=True)
+        F.cross_entropy(logits, torch.arange(4)).backward()
+        grads.append((logits.detach(), [f.detach() for f in feats[2]], xi.grad))
+        xs = torch.randn(3, 2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+        grads[-1] += (ens.each_member(xs).detach(),)
+    (la, fa, ga, ea), (lb, fb, gb, eb) = grads
+    assert torch.allclose(la, lb, atol=1e-5) and torch.allclose(ga, gb, atol=1e-6) and torch.allclose(ea, eb, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fa, fb))

@@ -1,7 +1,11 @@
 """Frozen teachers: one model or an ensemble of K models, their logits combined by a rule.
 
-Same-architecture members run as ONE batched call (torch.func.stack_module_state +
-functional_call + vmap) instead of a Python loop; mixed architectures fall back to a loop.
+Same-architecture members can run as ONE batched call (torch.func.stack_module_state +
+functional_call + vmap) instead of a Python loop. ``batched=None`` (the default) vmaps on an
+accelerator and loops on the CPU, where the loop was faster in every case measured for LeNet-5
+and WRN-16-2 teachers, 1.1-2.8x at 5-100 members (benchmarks/results/ensemble_loop.md; the batched
+call's member-wide activations are memory-bound there); ``batched=True`` vmaps everywhere, ``False``
+never. Mixed architectures always loop.
 
 How the members' logits ``z_k`` (per sample, C classes) become the ensemble's (:data:`COMBINE`):
 
@@ -99,6 +103,7 @@ class Ensemble(nn.Module):
         self.register_buffer("weights", w / w.sum())
         same = same_arch(members)
         self.batched = (same and len(members) > 1) if batched is None else (batched and same)
+        self.batched_on_cpu = bool(batched)  # auto (None): the CPU loops (module docstring)
         if self.batched:
             params, buffers = stack_module_state(list(self.members))
             self._params = {k: v.detach() for k, v in params.items()}
@@ -120,9 +125,13 @@ class Ensemble(nn.Module):
             self._buffers_stacked = {k: fn(v) for k, v in self._buffers_stacked.items()}
         return out
 
+    def vmapped(self, x: torch.Tensor) -> bool:
+        """Whether a call on ``x`` runs the members as one vmapped call (else one after another)."""
+        return self.batched and (self.batched_on_cpu or x.device.type != "cpu")
+
     def member_logits(self, x: torch.Tensor, return_features: bool = False):
         """Logits of every member, shape ``(K, B, C)`` (and per-member features)."""
-        if self.batched:
+        if self.vmapped(x):
             base = self._base[0]
 
             def call(params, buffers, inp):
@@ -141,7 +150,7 @@ class Ensemble(nn.Module):
     def each_member(self, xs: torch.Tensor) -> torch.Tensor:
         """Member k on its own inputs ``xs[k]``: ``(K, N, ...)`` -> logits ``(K, N, C)`` (one batched
         call when the members share an architecture, as :meth:`member_logits`)."""
-        if self.batched:
+        if self.vmapped(xs):
             base = self._base[0]
 
             def call(params, buffers, inp):
