@@ -157,3 +157,17 @@ def test_the_cpu_runs_the_members_in_turn_with_the_batched_calls_numbers():
     (la, fa, ga, ea), (lb, fb, gb, eb) = grads
     assert torch.allclose(la, lb, atol=1e-5) and torch.allclose(ga, gb, atol=1e-6) and torch.allclose(ea, eb, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(fa, fb))
+
+
+@pytest.mark.filterwarnings("ignore:There is a performance drop")  # torch's vmap fallback note
+def test_a_teacher_ensemble_of_conv_nets_moves_to_channels_last():
+    """The distillers move BN conv-net teachers to channels_last (the speed switch): the stacked copy
+    for the vmapped call follows the members instead of failing on its 5-d weights."""
+    torch.manual_seed(0)
+    members = [create_model("wrn16_2", num_classes=10, in_channels=3, image_size=32).eval() for _ in range(2)]
+    x = torch.randn(2, 3, 32, 32)
+    for batched in (True, None):
+        ens = Ensemble(members, batched=batched)
+        before = ens(x)
+        ens.to(memory_format=torch.channels_last)
+        assert torch.allclose(ens(x.contiguous(memory_format=torch.channels_last)), before, atol=1e-5)

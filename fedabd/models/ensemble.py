@@ -105,11 +105,15 @@ class Ensemble(nn.Module):
         self.batched = (same and len(members) > 1) if batched is None else (batched and same)
         self.batched_on_cpu = bool(batched)  # auto (None): the CPU loops (module docstring)
         if self.batched:
-            params, buffers = stack_module_state(list(self.members))
-            self._params = {k: v.detach() for k, v in params.items()}
-            self._buffers_stacked = buffers
+            self._stack()
             base = copy.deepcopy(members[0]).to("meta")
             self._base = [base]  # a list, so it is not registered as a submodule
+
+    def _stack(self) -> None:
+        """The members' weights and buffers stacked for the vmapped call (rebuilt after a move)."""
+        params, buffers = stack_module_state(list(self.members))
+        self._params = {k: v.detach() for k, v in params.items()}
+        self._buffers_stacked = buffers
 
     @property
     def arch(self):
@@ -120,9 +124,8 @@ class Ensemble(nn.Module):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        if self.batched:
-            self._params = {k: fn(v) for k, v in self._params.items()}
-            self._buffers_stacked = {k: fn(v) for k, v in self._buffers_stacked.items()}
+        if self.batched:  # from the moved members: ``fn`` may not apply to a stacked tensor (channels_last)
+            self._stack()
         return out
 
     def vmapped(self, x: torch.Tensor) -> bool:
