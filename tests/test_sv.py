@@ -231,6 +231,35 @@ def test_generator_loss_backward_end_to_end():
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_without_the_shuffled_gradient_the_input_gradient_comes_through_the_teacher_only():
+    """``shuffled_grad=False`` (the authors' --no_shuf_grad): same loss value, and its input gradient is
+    the one with T~'s logits held constant."""
+    teacher = lenet()
+    dist = fake_distiller(teacher)
+    full, held = ShufflingVaccine(SVConfig(k=1)), ShufflingVaccine(SVConfig(k=1, shuffled_grad=False))
+    full.setup(dist), held.setup(dist)
+    assert torch.equal(full.shuffled(torch.ones(1, 1, 28, 28)), held.shuffled(torch.ones(1, 1, 28, 28)))  # same draw
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):  # inputs with a suspicious sample, so the loss is not a plain 0
+        x0 = torch.randn(64, 1, 28, 28, generator=g)
+        if isinstance(full.generator_loss(dist, x0, teacher(x0)), torch.Tensor):
+            break
+    grads, values = [], []
+    for d in (full, held):
+        x = x0.clone().requires_grad_(True)
+        loss = d.generator_loss(dist, x, teacher(x))
+        loss.backward()
+        grads.append(x.grad)
+        values.append(float(loss.detach()))
+    x = x0.clone().requires_grad_(True)
+    t = teacher(x)
+    m, r = suspicious_mask_and_divergence(t, held.shuffled(x0).detach())
+    sv_loss(m, r, held.cfg.lam).backward()
+    assert values[0] == pytest.approx(values[1], rel=1e-6) and values[0] < 0
+    assert torch.allclose(grads[1], x.grad, rtol=1e-5, atol=1e-14)
+    assert not torch.allclose(grads[0], grads[1], rtol=1e-2, atol=0)
+
+
 def test_sample_weights_hook():
     teacher = lenet()
     dist = fake_distiller(teacher)

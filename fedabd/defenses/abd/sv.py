@@ -23,7 +23,7 @@ How T~ is built (which layers, how a layer is shuffled, shared stages): :mod:`.s
 
 Every random choice comes from a ``torch.Generator`` seeded from the run's seed. The teacher and
 the copies are frozen (no parameter gradients); the input gradient flows through T~ to the
-generator.
+generator (``shuffled_grad=False``, the authors' ``--no_shuf_grad``: through T only).
 """
 from __future__ import annotations
 
@@ -61,6 +61,9 @@ class SVConfig:
     selection_after: float = 0.05  # make the selection after this fraction of the run (the first
                                    # synthetic batches come from an untrained generator); the first
                                    # draw is used until then
+    shuffled_grad: bool = True     # L_SV's gradient flows through T~ as well as T (the authors' default);
+                                   # False: T~'s logits without gradient (the authors' --no_shuf_grad),
+                                   # no backward through the copies
 
     def __post_init__(self) -> None:
         if self.k < 1 or self.n < 1:
@@ -215,7 +218,8 @@ class ShufflingVaccine(Defense):
         if not self._ready(distiller, x, t_logits):
             return 0.0
         with torch.enable_grad():
-            s_logits = _forward(distiller, self.shuffled, x)
+            with torch.set_grad_enabled(self.cfg.shuffled_grad):
+                s_logits = _forward(distiller, self.shuffled, x)
             m, r = suspicious_mask_and_divergence(t_logits, s_logits)
             self._record(m)
             if not m.any():  # a zero loss: no backward through the copies (as the authors' SV returns 0.)
