@@ -54,12 +54,13 @@ def test_distillation_rounds_with_a_crashing_and_a_hostile_client(tmp_path):
 
 
 @pytest.mark.slow
-def test_fedavg_baseline_and_same_seed_same_numbers(tmp_path):
-    a = simulate(scenario(tmp_path / "a", aggregator="fedavg"))
-    b = simulate(scenario(tmp_path / "b", aggregator="fedavg"))
-    strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
-    assert strip(a) == strip(b)
-    assert a[-1]["malicious"] == sorted(a[-1]["malicious"]) and len(a[-1]["malicious"]) == 1
+def test_fedavg_baseline(tmp_path):
+    """FedAvg through Flower's simulation. (That the same seed gives the same numbers in another
+    process is checked by the resume tests: a resumed run ends with an uninterrupted run's metrics.)"""
+    rows = simulate(scenario(tmp_path, aggregator="fedavg"))
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["malicious"] == sorted(rows[-1]["malicious"]) and len(rows[-1]["malicious"]) == 1
+    assert all(0 <= r["acc"] <= 1 for r in rows) and rows[-1]["acc"] > rows[0]["acc"] + 0.2
 
 
 @pytest.mark.slow

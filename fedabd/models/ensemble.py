@@ -3,7 +3,7 @@
 Same-architecture members can run as ONE batched call (torch.func.stack_module_state +
 functional_call + vmap) instead of a Python loop. ``batched=None`` (the default) vmaps on an
 accelerator and loops on the CPU, where the loop was faster in every case measured for LeNet-5
-and WRN-16-2 teachers, 1.1-2.8x at 5-100 members (benchmarks/results/ensemble_loop.md; the batched
+and WRN-16-2 teachers, 1.1-2.6x at 5-100 members (benchmarks/results/ensemble_loop.md; the batched
 call's member-wide activations are memory-bound there); ``batched=True`` vmaps everywhere, ``False``
 never. Mixed architectures always loop.
 
