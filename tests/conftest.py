@@ -10,11 +10,11 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 # under pytest-xdist (the README's test command) each worker takes one core's worth of threads
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
-# Tests that start Ray (Flower's simulation engine) run in one xdist group, one test after another
-# on one worker (one local Ray instance at a time: two side by side on a loaded 2-core machine took
-# 10x their time alone); the Deployment Engine's tests (a SuperLink and SuperNodes on free ports, no
-# Ray) on a worker of their own.
-GROUPS = {"test_faults.py": "ray", "test_simulation.py": "ray", "test_deployment.py": "deployment"}
+# Tests that start Ray (Flower's simulation engine) run in two xdist groups, each one test after
+# another on its own worker (two local Ray instances at a time at most: the faults tests wait on a
+# client's timeout and on processes, the others compute); the Deployment Engine's tests (a SuperLink
+# and SuperNodes on free ports, no Ray) on a worker of their own.
+GROUPS = {"test_faults.py": "ray-faults", "test_simulation.py": "ray", "test_deployment.py": "deployment"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which turns the xdist_group marks into groups
@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: two workers more than the cores. The Ray group and the Deployment group take
+    """``-n auto``: two workers more than the cores. The two Ray groups and the Deployment group take
     a worker each and spend most of their time waiting (on a client's timeout, a SuperNode's
     heartbeat, processes starting); with fewer workers the other tests would wait for them."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
