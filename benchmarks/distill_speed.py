@@ -71,6 +71,8 @@ def _case(kw: dict, queue) -> None:
                          real_data=real, channels_last=kw.get("channels_last", False), bf16=kw.get("bf16", False))
     if kw.get("loop"):
         d.teacher.batched = False
+    elif kw.get("k", 1) > 1:  # the "batched (vmap)" rows: vmapped on the CPU too (the CPU's default is the loop)
+        d.teacher.batched_on_cpu = True
     d.setup()
     d.defense.setup(d)
     if d.defense.final_phase_fraction > 0:

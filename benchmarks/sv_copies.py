@@ -54,7 +54,7 @@ def measure(arch: str, channels: int, size: int, k: int, batch: int, fast: bool,
     teacher = teachers[0] if k == 1 else freeze(Ensemble(teachers, combine="norm_median"))
     built, _ = build_shuffled_teacher(teacher, 3, 5, torch.Generator().manual_seed(0))
     copies, w, rule, g = list(built.members), built.weights, built.combine, built.group
-    forms = {"whole": Ensemble(copies, w, combine=rule, group=g),
+    forms = {"whole": Ensemble(copies, w, combine=rule, group=g, batched=True),
              "shared, batched": SharedStemCopies(copies, w, rule, g, built.start, batched=True),
              "shared, in turn": SharedStemCopies(copies, w, rule, g, built.start, batched=False)}
     x = torch.randn(batch, channels, size, size).contiguous(memory_format=fmt).requires_grad_(True)
@@ -69,7 +69,7 @@ def measure(arch: str, channels: int, size: int, k: int, batch: int, fast: bool,
             times[name].append(_call(m, x, bf16))
     return {"case": f"{arch}, K = {k}, batch {batch}" + (", channels_last + bf16" if bf16 else
                                                           ", channels_last" if fast else ""),
-            "start": built.start, "default": "shared, batched" if built.batched else "shared, in turn",
+            "start": built.start, "default": "shared, batched" if built.vmapped(x) else "shared, in turn",
             **{name: statistics.median(v) for name, v in times.items()}, "diff": diff}
 
 

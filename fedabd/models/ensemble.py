@@ -185,13 +185,14 @@ class SharedStemCopies(Ensemble):
 
     Same logits as ``Ensemble(copies, weights, combine=combine, group=group)``, computed with the
     shared stages run once per model (on its first copy, whose stages before ``start`` are the
-    model's) instead of once per copy. Batched: one call over the K models up to ``start``, one over
-    the K x group copies from there. ``batched=False``: one model, then each of its copies, after the
-    other (plain module calls). ``copies[i * group + j]`` is model i's copy j; one architecture.
+    model's) instead of once per copy. Vmapped (``batched`` as :class:`Ensemble`'s: by default on an
+    accelerator only): one call over the K models up to ``start``, one over the K x group copies from
+    there. Otherwise one model, then each of its copies, after the other (plain module calls).
+    ``copies[i * group + j]`` is model i's copy j; one architecture.
     """
 
     def __init__(self, copies: list[nn.Module], weights: list[float] | torch.Tensor, combine: str, group: int,
-                 start: int, batched: bool = True) -> None:
+                 start: int, batched: bool | None = None) -> None:
         super().__init__(copies, weights, batched=batched, combine=combine, group=group)
         if start < 1:
             raise ValueError("SharedStemCopies needs start >= 1 (stage 0 is the first stage the copies share)")
@@ -201,7 +202,7 @@ class SharedStemCopies(Ensemble):
         if return_features:
             return super().member_logits(x, return_features)
         k, g, start = len(self.members) // self.group, self.group, self.start
-        if not self.batched:
+        if not self.vmapped(x):
             out = []
             for i in range(k):
                 h = self.members[i * g](x, stop=start)

@@ -123,8 +123,8 @@ def build_shuffled_teacher(teacher: nn.Module, k: int, n: int, generator: torch.
     sharing its weight). Same-arch :class:`~fedabd.models.staged.Staged` members: the stages before
     the first shuffled layer run once per member (:class:`SharedStemCopies`), the copies then one
     after another on the CPU (faster than one vmapped call in every case measured,
-    benchmarks/results/sv_copies.md) and batched on an accelerator (fewer kernel launches; not
-    measured here).
+    benchmarks/results/sv_copies.md) and, with several members, batched on an accelerator (fewer
+    kernel launches; not measured here), as :meth:`Ensemble.vmapped` decides at each call.
     """
     if isinstance(teacher, Ensemble):
         members, weights, rule = list(teacher.members), [float(w) for w in teacher.weights], teacher.combine
@@ -138,7 +138,7 @@ def build_shuffled_teacher(teacher: nn.Module, k: int, n: int, generator: torch.
             copies.append(shuffled_copy(member, names, generator))
             cw.append(wm / k)
     start = first_stage_using(members[0], layers)
-    if start and same_arch(members) and len(copies) > 1:
-        batched = len(members) > 1 and next(members[0].parameters()).device.type != "cpu"
+    if start and same_arch(members) and len(copies) > 1:  # one member's copies always in turn
+        batched = None if len(members) > 1 else False
         return SharedStemCopies(copies, cw, combine=rule, group=k, start=start, batched=batched), layers
     return Ensemble(copies, cw, combine=rule, group=k), layers
