@@ -20,7 +20,7 @@ GROUPS = {"test_faults.py": "ray-faults", "test_simulation.py": "ray", "test_dep
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which turns the xdist_group marks into groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        group = GROUPS.get(item.path.name) or ("ray" if item.get_closest_marker("ray") else None)
+        group = GROUPS.get(item.path.name)
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
     # xdist hands out the groups first (largest first), then single tests in this order: the slow

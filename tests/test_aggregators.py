@@ -133,17 +133,19 @@ class TakeTheFirst(Aggregator):
         return Aggregate({k: v * self.settings.scale for k, v in first.state.items()}, [first.pid], {"toy": rnd})
 
 
-@pytest.mark.slow
-@pytest.mark.ray
-def test_a_toy_aggregator_defined_here_runs_a_flower_round(tmp_path):
-    from fedabd.server.simulation import simulate
+def test_a_toy_aggregator_defined_here_runs_a_round(tmp_path):
+    """Registered outside the package, it is found by name and runs a federated round. (The round
+    engine is the same behind every transport; Flower's carry the distilling aggregator in
+    tests/test_simulation.py and FedAvg in tests/test_deployment.py.)"""
+    from fedabd.local import simulate_local
+    from fedabd.runs import run_scenario
 
     AGGREGATORS.register("take_first_test")(TakeTheFirst)
     try:
         c = load_scenario(None, {"clients": 2, "malicious": 0, "rounds": 1, "local_epochs": 1, "device": "cpu",
                                  "aggregator": "take_first_test", "aggregator_settings": {"scale": 1.0},
                                  "out": str(tmp_path / "run")})
-        rows = simulate(c)
+        rows = run_scenario(c, simulate_local)
     finally:
         AGGREGATORS._entries.pop("take_first_test")
     assert [r["round"] for r in rows] == [0, 1]

@@ -1,6 +1,6 @@
 """The Deployment Engine: a SuperLink and SuperNodes on 127.0.0.1 run the same apps, started with
-`flwr run`: one round with a node flagged malicious through --node-config, and a run in which a
-SuperNode is killed mid-run."""
+`flwr run`: one run (one federation, shared by the tests) of two rounds, with a node flagged malicious
+through --node-config and another SuperNode killed mid-run."""
 import json
 import os
 import shutil
@@ -19,9 +19,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-NEEDS_FLOWER_CLI = pytest.mark.skipif(shutil.which("flower-superlink") is None, reason="Flower's CLI is not installed")
 
 
 class Federation:
@@ -113,40 +110,41 @@ def checkpoint(out, at_least=1, wait=60, run=None):
     return None
 
 
-@pytest.mark.slow
-@NEEDS_FLOWER_CLI
-def test_superlink_supernodes_flwr_run(tmp_path):
-    out = tmp_path / "run"
-    with Federation(tmp_path) as fed:
-        for i in range(2):
-            fed.supernode(i, malicious=i == 1)
-        run = fed.flwr_run(out, "clients=2,malicious=0,rounds=1,aggregator=fedavg,local_epochs=1,device=cpu")
-        stdout, _ = run.communicate(timeout=600)
-        state = checkpoint(out)
-        assert state is not None, stdout[-3000:] + fed.logs_text()
-        rows = state["rows"]
-        assert rows[-1]["round"] == 1 and sorted(rows[-1]["clients"]) == [0, 1]
-        assert rows[-1]["malicious"] == [1]  # the node flag, not the scenario (malicious=0), decided
-        assert 0.0 <= rows[-1]["acc"] <= 1.0
-
-
-@pytest.mark.slow
-@NEEDS_FLOWER_CLI
-def test_a_supernode_killed_mid_run_is_reported_and_the_run_completes(tmp_path):
-    out = tmp_path / "run"
-    with Federation(tmp_path) as fed:
+@pytest.fixture(scope="module")
+def deployed_run(tmp_path_factory):
+    """One federation (a SuperLink and three SuperNodes, node 1 flagged malicious through its node
+    config) and one `flwr run` of two rounds; SuperNode 2 is killed once round 1 is checkpointed,
+    while round 2's message to it is out. Returns the final checkpoint's rows."""
+    if shutil.which("flower-superlink") is None:
+        pytest.skip("Flower's CLI is not installed")
+    tmp = tmp_path_factory.mktemp("deployment")
+    out = tmp / "run"
+    with Federation(tmp) as fed:
         for i in range(3):
-            fed.supernode(i)
+            fed.supernode(i, malicious=i == 1)
         run = fed.flwr_run(out, "clients=3,malicious=0,rounds=2,aggregator=fedavg,local_epochs=1,device=cpu")
         first = checkpoint(out, 1, wait=600, run=run)
         if first is None:
             run.kill()
             pytest.fail("no round-1 checkpoint; flwr run printed:\n" + run.communicate()[0][-3000:] + fed.logs_text())
-        fed.kill("supernode1")  # round 2 has started: its message is out, the node will never answer
+        fed.kill("supernode2")  # round 2 has started: its message is out, the node will never answer
         stdout, _ = run.communicate(timeout=600)
         state = checkpoint(out, 2)
         assert state is not None, stdout[-3000:] + fed.logs_text()
-        last = state["rows"][-1]
-        assert last["round"] == 2 and last["clients"] == [0, 2]
-        # the SuperLink answers for the dead node once its heartbeats stop; the row names the client
-        assert list(last["failed"]) == ["1"] and "heartbeat" in last["failed"]["1"].lower()
+    return state["rows"]
+
+
+@pytest.mark.slow
+def test_superlink_supernodes_flwr_run(deployed_run):
+    first = deployed_run[1]
+    assert first["round"] == 1 and sorted(first["clients"]) == [0, 1, 2]
+    assert first["malicious"] == [1]  # the node flag, not the scenario (malicious=0), decided
+    assert 0.0 <= first["acc"] <= 1.0
+
+
+@pytest.mark.slow
+def test_a_supernode_killed_mid_run_is_reported_and_the_run_completes(deployed_run):
+    last = deployed_run[-1]
+    assert last["round"] == 2 and last["clients"] == [0, 1]
+    # the SuperLink answers for the dead node once its heartbeats stop; the row names the client
+    assert list(last["failed"]) == ["2"] and "heartbeat" in last["failed"]["2"].lower()

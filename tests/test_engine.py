@@ -76,3 +76,15 @@ def test_the_in_process_transport_writes_a_complete_run_folder(tmp_path):
     assert [r["round"] for r in rows] == [0, 1] and rows[1]["clients"] == sampled_clients(cfg, 1)
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())[1]["acc"] == rows[1]["acc"]
     assert (tmp_path / "run" / "global.safetensors").exists()
+
+
+def test_fedavg_baseline_learns_over_two_rounds(tmp_path):
+    """The FedAvg baseline the distilling server is compared with, in process. (Flower's transport
+    for an aggregator without distillation: tests/test_aggregators.py's toy aggregator.)"""
+    from fedabd.local import simulate_local
+    from fedabd.runs import run_scenario
+
+    rows = run_scenario(scenario(tmp_path, malicious_ids=None, min_clients=1, seed=1), simulate_local)
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    assert rows[-1]["malicious"] == sorted(rows[-1]["malicious"]) and len(rows[-1]["malicious"]) == 1
+    assert all(0 <= r["acc"] <= 1 for r in rows) and rows[-1]["acc"] > rows[0]["acc"] + 0.2
