@@ -10,17 +10,25 @@ os.environ.setdefault("FLWR_DISABLE_UPDATE_CHECK", "1")
 # under pytest-xdist (the README's test command) each worker takes one core's worth of threads
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
 
-# Tests that start Ray (Flower's simulation engine) run in two xdist groups, each one test after
-# another on its own worker (two local Ray instances at a time at most: the faults tests wait on a
-# client's timeout and on processes, the others compute); the Deployment Engine's tests (a SuperLink
-# and SuperNodes on free ports, no Ray) on a worker of their own.
-GROUPS = {"test_faults.py": "ray-faults", "test_simulation.py": "ray", "test_deployment.py": "deployment"}
+# The slow tests in xdist groups, each group one test after another on its own worker: the Ray tests
+# in two (two local Ray instances at a time at most: the faults tests wait on a client's timeout and
+# on processes, the others compute); the Deployment Engine's tests (a SuperLink and SuperNodes on free
+# ports, mostly waiting on heartbeats) with the three longest distillation tests. Grouped because
+# xdist (3.8) tops up every worker that has two tests or fewer pending with the next test in the
+# queue, which then waits behind the worker's long group test: a slow single test queued that way
+# started 7 minutes into a 9-minute run and ran alone at its end. The groups' sizes, measured in a
+# run of the whole suite on 2 cores: about 420, 380 and 440 s; the other tests share the fourth
+# worker and fill the gaps.
+GROUPS = {"test_faults.py": "ray-faults", "test_simulation.py": "ray", "test_deployment.py": "deployment+distillation",
+          "test_cmi.py::test_mnist_end_to_end": "deployment+distillation",
+          "test_zskt.py::test_clean_lenet_teacher_distils_to_80_percent": "deployment+distillation",
+          "test_sr.py::test_sr_lowers_asr_of_backdoored_student": "deployment+distillation"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist's, which turns the xdist_group marks into groups
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        group = GROUPS.get(item.path.name)
+        group = GROUPS.get(item.path.name) or GROUPS.get(f"{item.path.name}::{item.name}")
         if group:
             item.add_marker(pytest.mark.xdist_group(group))
     # xdist hands out the groups first (largest first), then single tests in this order: the slow
