@@ -6,7 +6,8 @@ accelerator and loops on the CPU, where the loop was faster in every case of
 benchmarks/results/ensemble_loop.md for LeNet-5 and WRN-16-2 teachers, 1.1-2.6x at 5-100 members
 (the batched call's member-wide activations are memory-bound there; an older measurement on another
 CPU, benchmarks/results/distill_speed.md section 2, found the vmapped call faster for 8 LeNet-5
-teachers in a ZSKT pseudo-batch); ``batched=True`` vmaps everywhere, ``False`` never. Mixed
+teachers in a ZSKT pseudo-batch, which zskt_ensemble_forms.md does not reproduce here: neither form
+wins at 2-8 teachers); ``batched=True`` vmaps everywhere, ``False`` never. Mixed
 architectures always loop.
 
 How the members' logits ``z_k`` (per sample, C classes) become the ensemble's (:data:`COMBINE`):
