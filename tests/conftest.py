@@ -37,9 +37,9 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_xdist_auto_num_workers(config):
-    """``-n auto``: two workers more than the cores. The two Ray groups and the Deployment group take
-    a worker each and spend most of their time waiting (on a client's timeout, a SuperNode's
-    heartbeat, processes starting); with fewer workers the other tests would wait for them."""
+    """``-n auto``: two workers more than the cores. The three groups take a worker each, and the two
+    Ray groups and the Deployment tests spend much of their time waiting (on a client's timeout, a
+    SuperNode's heartbeat, processes starting); with fewer workers the other tests would wait for them."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return cores + 2
 

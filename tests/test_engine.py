@@ -79,8 +79,8 @@ def test_the_in_process_transport_writes_a_complete_run_folder(tmp_path):
 
 
 def test_fedavg_baseline_learns_over_two_rounds(tmp_path):
-    """The FedAvg baseline the distilling server is compared with, in process. (Flower's transport
-    for an aggregator without distillation: tests/test_aggregators.py's toy aggregator.)"""
+    """The FedAvg baseline the distilling server is compared with, in process. (FedAvg through
+    Flower's transport: tests/test_deployment.py.)"""
     from fedabd.local import simulate_local
     from fedabd.runs import run_scenario
 

@@ -44,7 +44,7 @@ def faulty_run(tmp_path_factory):
     against min_clients 2. Returns (the rows, the exception, the run folder)."""
     tmp = tmp_path_factory.mktemp("faulty")
     cfg = scenario(tmp, clients=3, rounds=3, min_clients=2, client_timeout=HANG_TIMEOUT)
-    release = tmp / "release"
+    release, rows = tmp / "release", []
 
     def fault(pid, rnd):
         if pid == 1 and rnd == 2:  # hangs until the server has finished the round without it
@@ -59,7 +59,6 @@ def faulty_run(tmp_path_factory):
         if row["round"] == 2:
             release.touch()
 
-    rows = []
     with pytest.raises(RoundFailed) as info:
         simulate(cfg, on_round=on_round, client_app=faulty_app(cfg, fault))
     return rows, info.value, tmp / "run"
