@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -56,6 +55,7 @@ from fedabd.distill import create_distiller
 from fedabd.models import create_model
 
 from authors_patches import cpu_only, quiet  # noqa: E402  (benchmarks/, the script's folder)
+from machine import machine  # noqa: E402  (benchmarks/, the script's folder)
 
 INFO = DatasetInfo("synthetic32", 10, 3, 32, (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010))
 SV_LAM = 0.1
@@ -148,6 +148,10 @@ def authors_cmi(A, sv: bool, workdir: str):
     for _ in range(40960 // 256):  # steady state: a full bank of past features
         syn.mem_bank.add(torch.randn(256, syn.mem_bank.dim_feat))
     return syn, teacher, student
+
+
+def rate(gflop: float | None, seconds: float | None) -> float | None:
+    return None if gflop is None or not seconds else gflop / seconds
 
 
 def synth_times(synthesize, set_steps, n: int) -> tuple[float, float]:
@@ -271,9 +275,12 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="authors_cmi_")
     rows, synth = [], {}
 
-    def row(name, theirs, ours_fp32, ours_fast, fast_fp32=None, fast_fast=None, gf=(None, None)):
+    def row(name, theirs, ours_fp32, ours_fast, fast_fp32=None, fast_fast=None, gf=(None, None), gf_s=None):
+        # gf_s: the seconds the GFLOP were counted over (default: the step's; a generator step's GFLOP are
+        # counted over a 1-step synthesis, so its GFLOP/s divide by that synthesis' seconds)
+        gf_s = gf_s or (theirs, ours_fp32)
         r = dict(name=name, theirs=theirs, fp32=ours_fp32, fast=ours_fast, f32=fast_fp32, ff=fast_fast,
-                 gf_theirs=gf[0], gf_ours=gf[1])
+                 gf_theirs=gf[0], gf_ours=gf[1], gfs_theirs=rate(gf[0], gf_s[0]), gfs_ours=rate(gf[1], gf_s[1]))
         print(r, flush=True)
         rows.append(r)
 
@@ -283,7 +290,7 @@ def main() -> None:
                          "fast": ours_synth("cmi", sv, True, n), "f32": ours_synth("fast", sv, False, n),
                          "ff": ours_synth("fast", sv, True, n)}
         row(f"generator step{tag}", *(s[k][0] for k in ("theirs", "fp32", "fast", "f32", "ff")),
-            gf=(s["theirs"][2], s["fp32"][2]))
+            gf=(s["theirs"][2], s["fp32"][2]), gf_s=(s["theirs"][1], s["fp32"][1]))
     theirs_kd, ours_kd = authors_kd(A, False, n, work), ours_kd_step("cmi", False, False)
     row("KD step", per_step(theirs_kd, n), per_step(ours_kd, n), per_step(ours_kd_step("cmi", False, True), n),
         per_step(ours_kd_step("fast", False, False), n), per_step(ours_kd_step("fast", False, True), n),
@@ -310,21 +317,22 @@ def write(args, rows: list[dict], synth: dict) -> None:
         "# CMI, Fast and OOD per step at the paper's configuration: the ABD authors' code vs fedabd", "",
         f"Command: `python benchmarks/authors_cmi_ood.py --authors PATH --steps {args.steps}` (PATH: a checkout of "
         "github.com/illidanlab/ABD, 19c89bf; `pip install kornia tqdm` for their code)", "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, cpu, bf16 fast "
-        f"path: {bf16}; {time.strftime('%Y-%m-%d %H:%M')}. 'fast' = fedabd with channels_last"
+        f"Machine: {machine('cpu', f'bf16 fast path: {bf16}')}. 'fast' = fedabd with channels_last"
         + (" + bf16 autocast" if bf16 else "") + ". Seconds per step, mean of "
         f"{args.steps}; ratio = the authors' seconds / fedabd's (higher: fedabd faster). The Fast columns are "
         "fedabd's Fast distiller (another synthesiser: no contrastive head or local view; its KD batch is 256, "
         "CMI's 128). GFLOP: one step, forward and backward (the authors' SR and OOD steps are not counted: "
-        "their loop cannot be entered for one step).", "",
+        "their loop cannot be entered for one step); GFLOP/s: those GFLOP over the seconds of the same work (a "
+        "generator step's over a 1-step synthesis' seconds, which the table does not show).", "",
         "| step | authors s | fedabd CMI / OOD fp32 s | fast s | ratio fp32 | ratio fast | fedabd Fast fp32 s "
-        "| Fast fast s | ratio fp32 | ratio fast | authors GFLOP | fedabd GFLOP |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+        "| Fast fast s | ratio fp32 | ratio fast | authors GFLOP | fedabd GFLOP | authors GFLOP/s | fedabd fp32 GFLOP/s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['name']} | {fmt(r['theirs'])} | {fmt(r['fp32'])} | {fmt(r['fast'])} | "
                      f"{ratio(r['theirs'], r['fp32'])} | {ratio(r['theirs'], r['fast'])} | {fmt(r['f32'])} | "
                      f"{fmt(r['ff'])} | {ratio(r['theirs'], r['f32'])} | {ratio(r['theirs'], r['ff'])} | "
-                     f"{fmt(r['gf_theirs'], 1)} | {fmt(r['gf_ours'], 1)} |")
+                     f"{fmt(r['gf_theirs'], 1)} | {fmt(r['gf_ours'], 1)} | {fmt(r['gfs_theirs'], 0)} | "
+                     f"{fmt(r['gfs_ours'], 0)} |")
     kd = next(r for r in rows if r["name"] == "KD step")
     lines += ["", "## One epoch of the paper's schedule, composed from the steps", "",
               "A synthesis of G generator steps costs (1-step synthesis) + (G - 1) x (generator step): CMI "

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import sys
 import time
 import types
@@ -40,6 +39,7 @@ from fedabd.distill import create_distiller
 from fedabd.models import create_model
 
 from authors_patches import cpu_only  # noqa: E402  (benchmarks/, the script's folder)
+from machine import machine  # noqa: E402  (benchmarks/, the script's folder)
 
 INFO = DatasetInfo("synthetic32", 10, 3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
 CASES = {"zskt": dict(sv=0.0, sr=False), "zskt + sv": dict(sv=0.1, sr=False)}
@@ -170,8 +170,7 @@ def main() -> None:
         "# ZSKT and ZSKT + SV per pseudo-batch: the ABD authors' code vs fedabd", "",
         f"Command: `python benchmarks/authors_zskt.py --authors PATH --pbs {args.pbs}` (PATH: a checkout of "
         "github.com/illidanlab/ABD, 19c89bf)", "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, cpu, "
-        f"bf16 fast path: {bf16}; {time.strftime('%Y-%m-%d %H:%M')}. WRN-16-2 -> WRN-16-1, 3x32x32, batch 128, "
+        f"Machine: {machine('cpu', f'bf16 fast path: {bf16}')}. WRN-16-2 -> WRN-16-1, 3x32x32, batch 128, "
         f"1 generator + 10 student steps per pseudo-batch; mean of {args.pbs} pseudo-batches after one warm-up. "
         "'fast' = fedabd with channels_last" + (" + bf16 autocast" if bf16 else "") + ".", "",
         "| case | authors s | fedabd fp32 s | fedabd fast s | ratio fp32 | ratio fast | authors GFLOP | fedabd GFLOP "

@@ -14,7 +14,6 @@ what they learnt.
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from fedabd.data import dataset_info
 from fedabd.federated import Upload
 from fedabd.models import create_model
 from fedabd.report import markdown_table
+from machine import machine
 
 VARIANTS = [  # (label, abd, sv settings, kd_overrides over fed)
     ("the demo's step: CMI + SV (+ SR, not in these steps)", "sv+sr", {}, {}),
@@ -68,8 +68,7 @@ def main() -> None:
         print(" | ".join(rows[-1]), flush=True)
     table = markdown_table(["generator step", "ms", "vs the demo's step"], rows)
     text = (f"# One CMI generator step of the default demo\n\nCommand: `python benchmarks/cmi_step.py --steps "
-            f"{args.steps}`\n\nMachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
-            f"threads, torch {torch.__version__}, cpu; {time.strftime('%Y-%m-%d %H:%M')}. Milliseconds per "
+            f"{args.steps}`\n\nMachine: {machine('cpu')}. Milliseconds per "
             f"generator step (synthesis batch 64, 5 teachers), best of two rounds.\n\n{table}\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

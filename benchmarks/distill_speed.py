@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import multiprocessing as mp
 import os
-import platform
 import resource
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from fedabd.defenses import build_defense
 from fedabd.device import bf16_supported, resolve_device
 from fedabd.distill import create_distiller
 from fedabd.models import create_model
+from machine import machine
 
 SETTINGS = {
     "default": dict(info=dataset_info("mnist_subset"), teacher="lenet5", student="lenet5_half"),
@@ -109,10 +109,10 @@ def main() -> None:
     args = ap.parse_args()
     n = 2 if args.quick else 5
     iters = {"vanilla": 10 * n, "zskt": n, "cmi": 1, "ood": 10 * n}
+    device = resolve_device("auto")
     lines = ["# Distillation speed", "", f"Command: `python benchmarks/distill_speed.py{' --quick' if args.quick else ''}`", "",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-             f"torch {torch.__version__}, device {resolve_device('auto')}, "
-             f"bf16 fast path: {bf16_supported(resolve_device('auto'))}; {time.strftime('%Y-%m-%d %H:%M')}.", ""]
+             f"Machine: {machine(f'{os.cpu_count()} cores', f'device {device}', f'bf16 fast path: {bf16_supported(device)}')}.",
+             ""]
 
     def table(head, rows):
         lines.extend(["| " + " | ".join(head) + " |", "|" + "---|" * len(head)])

@@ -14,7 +14,6 @@ give the same logits.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 from fedabd.models import create_model
 from fedabd.models.ensemble import Ensemble
 from fedabd.report import markdown_table
+from machine import machine
 
 CASES = [  # (arch, channels, image size, members K, batch, call)
     ("lenet5", 1, 28, 5, 64, "forward"),
@@ -88,9 +88,7 @@ def main() -> None:
     table = markdown_table(["members", "K", "batch", "call", "vmap ms", "loop ms", "loop speed-up", "max logit difference"],
                            rows)
     text = (f"# Ensemble members: one vmapped call vs a loop\n\nCommand: `python benchmarks/ensemble_loop.py "
-            f"--reps {args.reps}`\n\nMachine: {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} threads, torch {torch.__version__}, cpu; "
-            f"{time.strftime('%Y-%m-%d %H:%M')}. Median of {args.reps}, forms interleaved; "
+            f"--reps {args.reps}`\n\nMachine: {machine('cpu')}. Median of {args.reps}, forms interleaved; "
             f"speed-up = vmap ms / loop ms (above 1: the loop is faster).\n\n{table}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -11,7 +11,6 @@ trains honest client 0 from a fresh model and from that student (the scenario's 
 from __future__ import annotations
 
 import argparse
-import platform
 import tempfile
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from fedabd.models import create_model
 from fedabd.report import markdown_table
 from fedabd.runs import run_scenario
 from fedabd.train import TrainConfig, train_classifier
+from machine import machine
 
 
 def train_with_norms(start, data, clip: float, seed: int) -> tuple[list[float], dict]:
@@ -73,8 +73,7 @@ def main() -> None:
                               f"{t.max():.2f}", f"{stats['train_loss']:.3f}", f"{100 * stats['train_acc']:.1f}"])
                 print(table[-1], flush=True)
     text = ("# Local training's gradient norms, and the clip\n\n"
-            f"`python benchmarks/local_clip.py` on {platform.processor() or platform.machine()}, 1 torch thread, "
-            f"torch {torch.__version__}. Honest client 0 of the default scenario, its local training (5 epochs, "
+            f"`python benchmarks/local_clip.py` on {machine(date=False)}. Honest client 0 of the default scenario, its local training (5 epochs, "
             "lr 0.05, momentum 0.9, batch 64), from a fresh model and from the global student that one round "
             "of `--scale 2 --kd fast` (no ABD) distilled; norms are each step's gradient L2 norm before the "
             "clip; loss and accuracy are the last epoch's.\n\n"

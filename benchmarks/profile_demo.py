@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import platform
 import pstats
 import tempfile
 import time
 from pathlib import Path
 
-import torch
 
 from fedabd.config import load_scenario
 from fedabd.local import simulate_local
 from fedabd.report import markdown_table
 from fedabd.runs import run_scenario
+from machine import machine
 
 # phase -> (file suffix, function name); times are cumulative
 PHASES = {
@@ -67,8 +66,8 @@ def main() -> None:
                            + [["whole run (in process)", f"{total:.1f}", "100 %"]])
     last = rows[-1]
     text = (f"# Profile of the default demo ({args.rounds} round(s), in process)\n\n"
-            f"`python benchmarks/profile_demo.py --rounds {args.rounds}` on {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; Acc {100 * last['acc']:.1f} %, "
+            f"`python benchmarks/profile_demo.py --rounds {args.rounds}` on {machine(date=False)}; "
+            f"Acc {100 * last['acc']:.1f} %, "
             f"ASR {100 * last['asr']:.1f} % after round {last['round']}.\n\n{table}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
-import platform
 import queue
 import resource
 import time
 from pathlib import Path
 
 import torch
+
+from machine import machine
 
 
 def _case(kd: str, k: int, abd: str, queue) -> None:
@@ -82,8 +83,7 @@ def main() -> None:
                              f"{r['first']:.1f}" if r["first"] else "-", f"{r['peak_rss_mb']:.0f}"])
                 print(rows[-1], flush=True)
     text = (f"# One distillation round with K teachers\n\n`python benchmarks/scale.py --kd {args.kd} --teachers "
-            f"{args.teachers} --abd {args.abd}` on {platform.processor() or platform.machine()}, "
-            f"{torch.get_num_threads()} torch threads, torch {torch.__version__}; per-round `fed` preset, LeNet-5 "
+            f"{args.teachers} --abd {args.abd}` on {machine(date=False)}; per-round `fed` preset, LeNet-5 "
             "teachers and student. `fast` is timed in its second round; its first (warm-up) round is the "
             "`first round s` column.\n\n"
             + markdown_table(["method", "teachers", "ABD", "seconds", "seconds / teacher", "first round s",

@@ -9,7 +9,6 @@ Teachers are randomly initialised (the search's cost does not depend on what the
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from pathlib import Path
 
@@ -19,6 +18,7 @@ from fedabd.data import dataset_info
 from fedabd.models import create_model
 from fedabd.report import markdown_table
 from fedabd.screening import ScreenConfig, class_masks, surrogate_inputs
+from machine import machine
 
 
 def main() -> None:
@@ -42,8 +42,7 @@ def main() -> None:
         rows.append([k, f"{loop / k:.2f}", f"{batched / k:.2f}", f"{loop / batched:.2f}x"])
         print(rows[-1], flush=True)
     text = (f"# Teacher screening: seconds per teacher\n\n`python benchmarks/screening_speed.py` on "
-            f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} torch threads, torch "
-            f"{torch.__version__}; default search (10 classes at once, {cfg.steps} steps, {cfg.batch} inputs).\n\n"
+            f"{machine(date=False)}; default search (10 classes at once, {cfg.steps} steps, {cfg.batch} inputs).\n\n"
             + markdown_table(["teachers", "s / teacher, one after another", "s / teacher, one batched search",
                               "speed-up"], rows))
     args.out.parent.mkdir(parents=True, exist_ok=True)

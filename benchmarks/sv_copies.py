@@ -16,7 +16,6 @@ what they learnt. The last column checks the forms give the same logits.
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from fedabd.defenses.abd.shuffle import build_shuffled_teacher
 from fedabd.device import autocast, bf16_supported
 from fedabd.models import create_model
 from fedabd.models.ensemble import Ensemble, SharedStemCopies, freeze
+from machine import machine
 
 CASES = [  # (teacher arch, channels, image size, teachers K, batch, channels_last + bf16)
     ("lenet5", 1, 28, 1, 256, False),
@@ -86,8 +86,7 @@ def main() -> None:
     lines = [
         "# SV's shuffled teacher: shared unshuffled stages vs every copy run whole", "",
         "Command: `python benchmarks/sv_copies.py`", "",
-        f"Machine: {platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}, cpu; "
-        f"{time.strftime('%Y-%m-%d %H:%M')}. Forward + backward to the input of T~ (3 copies per teacher), "
+        f"Machine: {machine('cpu')}. Forward + backward to the input of T~ (3 copies per teacher), "
         f"median of {args.reps}, the forms interleaved; seconds, and in brackets the speed-up over every "
         "copy run whole. `build_shuffled_teacher` uses the form marked *.", "",
         "| case | copies share stages | every copy whole (vmap) | shared stages, batched | shared stages, in turn "

@@ -11,17 +11,15 @@ seconds per pseudo-batch, mean of 5 after one warm-up, the forms interleaved, ``
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
-import time
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from distill_speed import run_case  # noqa: E402
 
 from fedabd.report import markdown_table  # noqa: E402
+from machine import machine  # noqa: E402  (benchmarks/, the script's folder)
 
 
 def main() -> None:
@@ -37,8 +35,7 @@ def main() -> None:
             rows.append([rep + 1, k, f"{secs['vmap']:.3f}", f"{secs['loop']:.3f}", f"{secs['loop'] / secs['vmap']:.2f}"])
             print(*rows[-1], flush=True)
     page = (f"# ZSKT pseudo-batch, K teachers: vmapped ensemble vs loop\n\nCommand: `python benchmarks/zskt_ensemble_forms.py "
-            f"--reps {args.reps}`\n\nMachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-            f"torch {torch.__version__}; {time.strftime('%Y-%m-%d %H:%M')}. Seconds per pseudo-batch; loop / vmap > 1: "
+            f"--reps {args.reps}`\n\nMachine: {machine()}. Seconds per pseudo-batch; loop / vmap > 1: "
             "the vmapped call is faster.\n\n"
             + markdown_table(["rep", "K", "vmap s", "loop s", "loop / vmap"], rows) + "\n")
     Path(args.out).write_text(page)
