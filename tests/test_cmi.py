@@ -33,10 +33,11 @@ def lenet(seed=0, name="lenet5", info=MNIST):
     return create_model(name, info.num_classes, info.channels, info.image_size)
 
 
-def make(teacher, info=MNIST, seed=0, defense=None, student="lenet5_half", **over):
+def make(teacher, info=MNIST, seed=0, defense=None, student="lenet5_half", memory=None, **over):
     torch.manual_seed(100 + seed)
     s = create_model(student, info.num_classes, info.channels, info.image_size)
-    return create_distiller("cmi", teacher, s, info, overrides={**TINY, **over}, seed=seed, defense=defense)
+    return create_distiller("cmi", teacher, s, info, overrides={**TINY, **over}, seed=seed, defense=defense,
+                            memory=memory)
 
 
 def state(m):
@@ -241,6 +242,40 @@ def test_pool_carry_hands_the_last_synthetic_images_to_the_next_run():
     plain = create_distiller("cmi", teacher, student, info, preset="smoke", seed=1, memory=mem)
     plain.run()
     assert plain.pool.shape[0] == 16 and plain.memory() == {}
+
+
+def test_generator_carry_keeps_one_generator_across_epochs_and_runs():
+    """``generator_carry``: every synthesis after the first continues the same generator for
+    ``carried_g_steps`` steps, and the next run starts from this run's generator; without it
+    (the authors') each synthesis builds a fresh one and nothing is kept."""
+    teacher = lenet(0)
+    d = make(teacher, generator_carry=True, g_steps=3, carried_g_steps=1, epochs=3)
+    d.setup()
+    steps = []
+    original = d._invert_forward
+    d._invert_forward = lambda x: steps.append(1) or original(x)
+    d.synthesize()
+    gen = d.kept_gen
+    before = {k: v.clone() for k, v in gen.state_dict().items()}
+    n_first = len(steps)
+    d.synthesize()
+    assert d.kept_gen is gen  # the same generator, trained further
+    assert len(steps) - n_first == n_first // 3  # 1 step instead of 3 (two teacher passes per step with cr)
+    assert any(not torch.equal(before[k], v) for k, v in gen.state_dict().items())
+    mem = d.memory()
+    assert {k[len("cmi_generator."):] for k in mem if k.startswith("cmi_generator.")} == set(gen.state_dict())
+    nxt = make(teacher, seed=1, generator_carry=True, memory=mem)
+    nxt.setup()
+    assert all(torch.equal(nxt.kept_gen.state_dict()[k], v) for k, v in gen.state_dict().items())
+    # a run without the option ignores a carried generator and keeps none
+    plain = make(teacher, seed=1, memory=mem)
+    plain.setup()
+    plain.synthesize()
+    assert plain.kept_gen is None and not any(k.startswith("cmi_generator.") for k in plain.memory())
+    # a carried generator of another shape is not loaded
+    other = make(teacher, seed=1, generator_carry=True, generator_width=4, memory=mem)
+    other.setup()
+    assert other.kept_gen is None
 
 
 @pytest.mark.parametrize("method", ["cmi", "fast"])

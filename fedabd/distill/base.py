@@ -137,6 +137,22 @@ class DistillResult:
     seconds: float = 0.0
 
 
+def state_entries(module: nn.Module, prefix: str) -> dict[str, torch.Tensor]:
+    """``module``'s weights as entries of a run's memory, each key under ``prefix``."""
+    return {f"{prefix}{k}": v.detach().cpu().clone() for k, v in module.state_dict().items()}
+
+
+def load_entries(module: nn.Module, memory: dict[str, torch.Tensor], prefix: str) -> bool:
+    """Load ``module`` from the ``prefix`` entries of a run's memory when they fit it exactly (same
+    keys and shapes); otherwise leave it as it is and return False."""
+    state = {k[len(prefix):]: v for k, v in memory.items() if k.startswith(prefix)}
+    own = module.state_dict()
+    if not state or set(state) != set(own) or any(state[k].shape != own[k].shape for k in own):
+        return False
+    module.load_state_dict(state)
+    return True
+
+
 class Distiller:
     """Base class. Subclasses set ``config_cls``/``presets`` and implement ``setup`` and ``iteration``.
 

@@ -44,8 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ...device import autocast
-from ...models import create_generator
-from ..base import DISTILLERS
+from ..base import DISTILLERS, load_entries, state_entries
 from ..augment import random_translate_flip
 from .cmi import CMIDistiller
 
@@ -176,7 +175,7 @@ class FastDistiller(CMIDistiller):
             raise ValueError(f"meta must be 'fomaml' or 'reptile', got {cfg.meta!r}")
         self.set_final_phase_unit()
         self.setup_members()
-        self.meta_gen = create_generator("cmi", cfg.nz, info.channels, info.image_size, cfg.generator_width).to(self.device)
+        self.meta_gen = self.new_generator()
         self.meta_opt = torch.optim.Adam(self.meta_gen.parameters(), lr=cfg.g_lr * cfg.g_steps, betas=(0.5, 0.999))
         self.pool = torch.empty(0, *info.shape, device=self.device)
         self.bn_past: list = [None] * len(self.bn_layers)
@@ -189,7 +188,7 @@ class FastDistiller(CMIDistiller):
 
     # -- memory across runs -------------------------------------------------------------------------
     def memory(self) -> dict[str, torch.Tensor]:
-        out = {f"generator.{k}": v.detach().cpu().clone() for k, v in self.meta_gen.state_dict().items()}
+        out = state_entries(self.meta_gen, "generator.")
         out["epochs_done"] = torch.tensor(self.epochs_done)
         out.update(super().memory())
         for i, past in enumerate(self.bn_past):
@@ -200,10 +199,7 @@ class FastDistiller(CMIDistiller):
     def _restore(self, memory: dict[str, torch.Tensor]) -> None:
         """Take a previous run's memory; parts that no longer fit (another generator, pool image
         shape or teacher BN layout) are left out."""
-        gen = {k[len("generator."):]: v for k, v in memory.items() if k.startswith("generator.")}
-        own = self.meta_gen.state_dict()
-        if gen and set(gen) == set(own) and all(gen[k].shape == own[k].shape for k in own):
-            self.meta_gen.load_state_dict(gen)
+        load_entries(self.meta_gen, memory, "generator.")
         self.restore_pool()
         if "epochs_done" in memory:
             self.epochs_done = int(memory["epochs_done"])
@@ -235,7 +231,7 @@ class FastDistiller(CMIDistiller):
         if cfg.reset_l0_epoch and ep == cfg.reset_l0_epoch:
             reset_first_layers(self.meta_gen)
         n = cfg.synth_batch
-        fast = create_generator("cmi", cfg.nz, info.channels, info.image_size, cfg.generator_width).to(self.device)
+        fast = self.new_generator()
         fast.load_state_dict(self.meta_gen.state_dict())
         fast.train()
         z = torch.randn(n, cfg.nz, generator=g).to(self.device).requires_grad_(True)
