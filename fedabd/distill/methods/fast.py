@@ -1,8 +1,8 @@
 """Fast: meta-learned generator for fast data-free KD (Fang et al., "Up to 100x Faster Data-free
 Knowledge Distillation", AAAI 2022; the authors' ``fast_meta`` synthesiser, zju-vipa/Fast-Datafree).
 
-CMI (``cmi``) starts every epoch from a fresh generator and needs tens to hundreds of inversion
-steps. Fast keeps one *meta* generator G for the whole run and, each epoch, adapts a copy of it
+CMI (``cmi``, as its authors run it) starts every epoch from a fresh generator and needs tens to
+hundreds of inversion steps. Fast keeps one *meta* generator G for the whole run and, each epoch, adapts a copy of it
 for only ``g_steps`` steps (2-10 in the paper):
 
 1. Synthesis. The fast copy G' = G (weights copied) and a new latent batch z are optimised
