@@ -2,8 +2,8 @@
 Knowledge Distillation", AAAI 2022; the authors' ``fast_meta`` synthesiser, zju-vipa/Fast-Datafree).
 
 CMI (``cmi``, as its authors run it) starts every epoch from a fresh generator and needs tens to
-hundreds of inversion steps. Fast keeps one *meta* generator G for the whole run and, each epoch, adapts a copy of it
-for only ``g_steps`` steps (2-10 in the paper):
+hundreds of inversion steps. Fast keeps one *meta* generator G for the whole run and, each epoch,
+adapts a copy of it for only ``g_steps`` steps (2-10 in the paper):
 
 1. Synthesis. The fast copy G' = G (weights copied) and a new latent batch z are optimised
    together (Adam, betas (0.5, 0.999); ``g_lr`` for G', ``z_lr`` for z) on one batch of
