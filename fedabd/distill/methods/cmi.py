@@ -169,7 +169,7 @@ class CMIDistiller(Distiller):
         self.bank = torch.empty(0, 2 * feat.shape[1], device=self.device)
         self.pool = torch.empty(0, *info.shape, device=self.device)
         self.restore_pool()
-        self.kept_gen = None  # with generator_carry: the previous run's generator, where it fits this one
+        self.kept_gen = None  # generator_carry: the previous run's generator (built only if memory holds one that fits)
         if cfg.generator_carry and any(k.startswith("cmi_generator.") for k in self.carried):
             gen = self.new_generator()
             self.kept_gen = gen if load_entries(gen, self.carried, "cmi_generator.") else None
