@@ -197,7 +197,7 @@ def check_finished(cells: list[Cell]) -> None:
     for cell in cells:
         if finished(cell.cfg):
             stored = read_json(Path(cell.cfg.out) / "config.json", "run config")
-            diff = config_differences(stored, cell.cfg.to_json())
+            diff = config_differences(stored, cell.cfg.run_record())
             if diff:
                 raise ConfigError(f"{cell.name}: its finished run ({cell.cfg.out}) used other settings "
                                   f"({', '.join(diff)}); remove that folder or run the bench with --overwrite")

@@ -112,6 +112,12 @@ class ScenarioConfig:
     def to_json(self) -> dict:
         return dataclasses.asdict(self)
 
+    def run_record(self) -> dict:
+        """:meth:`to_json` plus, under ``resolved``, what the aggregator takes from presets and
+        defaults (:meth:`Aggregator.resolved`): what a run folder's config.json and checkpoint hold."""
+        from .aggregators import aggregator_class
+        return {**self.to_json(), "resolved": aggregator_class(self.aggregator).resolved(self)}
+
     @property
     def attackers(self) -> int:
         """How many clients attack: ``malicious_ids`` when given, else ``malicious``."""

@@ -168,7 +168,7 @@ class RoundEngine:
                              client_train=client_train_metrics(valid))
         report.seconds = time.perf_counter() - t0
         self.rows.append(report.row())
-        self.checkpoint.save(rnd, self.arch, self.info, self.state, self.rows, self.cfg.to_json(),
+        self.checkpoint.save(rnd, self.arch, self.info, self.state, self.rows, self.cfg.run_record(),
                              memory=self.aggregator.memory())
         self.next_round = rnd + 1
         return report

@@ -32,8 +32,19 @@ class RunFolderError(ValueError):
 
 
 def config_differences(a: dict, b: dict, ignore: tuple[str, ...] = ("out",)) -> list[str]:
-    """The keys whose values differ between two resolved configs (``ignore`` aside), sorted."""
-    return sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+    """The keys whose values differ between two run records (``ignore`` aside), sorted. The
+    ``resolved`` settings (:meth:`ScenarioConfig.run_record`) count only when both hold them (folders
+    written before they were recorded); a difference in them is named by its path (``kd.g_steps``)."""
+    keys = sorted(k for k in set(a) | set(b) if k not in ignore and k != "resolved" and a.get(k) != b.get(k))
+    if "resolved" in a and "resolved" in b:
+        keys += _leaf_differences(a["resolved"], b["resolved"])
+    return keys
+
+
+def _leaf_differences(a, b, path: str = "") -> list[str]:
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [] if a == b else [path or "resolved"]
+    return [d for k in sorted(set(a) | set(b)) for d in _leaf_differences(a.get(k), b.get(k), f"{path}.{k}" if path else k)]
 
 
 def read_json(path: Path, what: str) -> dict:

@@ -67,14 +67,14 @@ def run_scenario(cfg: ScenarioConfig, simulate: Simulate, resume: bool = False,
     """Run ``cfg`` through ``simulate`` and keep its run folder complete; returns the round rows.
     The folder is held for this run (:func:`fedabd.runfolder.own_run_folder`): a new run refuses a
     folder that is not empty unless ``overwrite`` clears it; ``resume`` continues the folder's run."""
-    with own_run_folder(cfg.out, cfg.to_json(), resume=resume, overwrite=overwrite):
+    with own_run_folder(cfg.out, cfg.run_record(), resume=resume, overwrite=overwrite):
         return _run(cfg, simulate, resume, on_round, progress, title)
 
 
 def _run(cfg: ScenarioConfig, simulate: Simulate, resume: bool, on_round, progress, title: str) -> list[dict]:
     out = Path(cfg.out)
     run = RunDir(out)
-    run.write_json("config.json", cfg.to_json())
+    run.write_json("config.json", cfg.run_record())
     if resume:  # the rows files restart from the checkpoint's rows (none without one)
         loaded = Checkpoint(out).load()
         run.rewrite(list(loaded[2]) if loaded else [])

@@ -1,5 +1,6 @@
 """fedabd bench: the spec is checked before anything runs, cells resume, the leaderboard is read
 from the cells' own files."""
+import dataclasses
 import json
 import os
 import shutil
@@ -8,7 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from fedabd.bench import load_spec, parse_spec, plan_cells, run_bench
+from fedabd.bench import check_finished, load_spec, parse_spec, plan_cells, run_bench
 from fedabd.leaderboard import collect, leaderboard_csv, summary, write_leaderboard
 from fedabd.cli import app
 from fedabd.config import ConfigError
@@ -82,7 +83,7 @@ def _fake_cell(cfg, accs, asrs, tpr=None, seconds=2.0):
     with open(os.path.join(cfg.out, "metrics.json"), "w") as f:
         json.dump(rows, f)
     with open(os.path.join(cfg.out, "config.json"), "w") as f:
-        json.dump(cfg.to_json(), f)
+        json.dump(cfg.run_record(), f)
 
 
 def test_the_leaderboard_is_read_from_the_cells_files(tmp_path):
@@ -144,6 +145,23 @@ def test_a_finished_cell_run_with_other_settings_is_refused(tmp_path):
     (tmp_path / "cells" / "none" / "fedavg" / "seed0" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="local_epochs"):
         run_bench(spec, tmp_path)
+
+
+def test_a_finished_cell_distilled_under_a_preset_that_changed_since_is_refused(tmp_path, monkeypatch):
+    """The scenario names only ``kd_preset: fed``; the cell records the preset's contents, so a
+    bench resumed after the preset changed does not mix cells of both (a folder written before the
+    contents were recorded is accepted: nothing to compare)."""
+    from fedabd.distill.methods import fast
+    spec = parse_spec({**TOY, "aggregators": ["distill"], "scenario": {**TOY["scenario"], "kd": "fast"}}, "toy.yaml")
+    _, cells = plan_cells(spec, tmp_path)
+    _fake_cell(cells[0].cfg, [0.1, 0.9], [0.0, 0.0])
+    check_finished(cells)  # recorded under today's preset
+    monkeypatch.setitem(fast.presets, "fed", dataclasses.replace(fast.presets["fed"], kd_steps=7))
+    with pytest.raises(ConfigError, match=r"used other settings \(kd\.kd_steps\)"):
+        check_finished(cells)
+    config = tmp_path / "cells" / "none" / "distill" / "seed0" / "config.json"
+    config.write_text(json.dumps({k: v for k, v in json.loads(config.read_text()).items() if k != "resolved"}))
+    check_finished(cells)
 
 
 def test_shipped_specs_plan_cleanly(tmp_path):

@@ -1,5 +1,6 @@
 """A run folder belongs to one run: refused when it holds another, cleared only when asked, locked
 while a run writes, resumed where it is (moved or not) and only under its own configuration."""
+import dataclasses
 import json
 import shutil
 
@@ -62,6 +63,23 @@ def test_resume_refuses_flags_that_disagree_with_the_stored_run_and_a_foreign_ch
         check_run_folder(a, resumed_config(a, None, {}).to_json(), resume=True)
     with pytest.raises(RunFolderError, match="no config.json"):
         resumed_config(tmp_path / "nothing", None, {})
+
+
+def test_resume_refuses_a_checkpoint_distilled_under_a_preset_that_changed_since(tmp_path, monkeypatch):
+    """The scenario says ``kd_preset: smoke``; the checkpoint records what that preset held, so a
+    run is not continued with other distillation settings after the preset changed."""
+    from fedabd.distill.methods import fast
+    out = tmp_path / "run"
+    spec = {**SPEC, "aggregator": "distill", "kd": "fast", "kd_preset": "smoke", "abd": "sr", "out": str(out)}
+    with pytest.raises(Stop):
+        run_scenario(load_scenario(None, spec), stop_after_round_1)
+    stored = json.loads((out / "config.json").read_text())
+    assert stored["kd_preset"] == "smoke" and stored["resolved"]["kd"]["kd_steps"] == fast.presets["smoke"].kd_steps
+    assert stored["resolved"]["sr"]["fraction"] > 0  # the defence's settings too
+    check_run_folder(out, resumed_config(out, None, {}).run_record(), resume=True)  # unchanged: resumes
+    monkeypatch.setitem(fast.presets, "smoke", dataclasses.replace(fast.presets["smoke"], kd_steps=5))
+    with pytest.raises(RunFolderError, match=r"another configuration \(differs in kd\.kd_steps\)"):
+        run_scenario(resumed_config(out, None, {}), simulate_local, resume=True)
 
 
 def test_a_new_run_refuses_a_folder_holding_another_unless_asked_to_overwrite_it(tmp_path):

@@ -10,6 +10,7 @@ wrong types and bad values are errors when the scenario loads.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, ClassVar
@@ -81,6 +82,14 @@ class Aggregator:
     def global_arch(cls, cfg: "ScenarioConfig") -> str:
         """The global model's architecture: the clients' for weight averaging."""
         return cfg.client_arch
+
+    @classmethod
+    def resolved(cls, cfg: "ScenarioConfig") -> dict:
+        """What the rule takes from defaults and presets rather than from the scenario (its typed
+        settings; a distiller's preset), as JSON. A run folder records it, so a resumed run or a
+        bench cell finished before a preset or default changed is refused instead of mixed."""
+        settings = cls.settings_from(cfg)
+        return {"settings": dataclasses.asdict(settings)} if dataclasses.is_dataclass(settings) else {}
 
     def aggregate(self, rnd: int, uploads: Sequence["Upload"], global_state: "StateDict") -> Aggregate:
         raise NotImplementedError

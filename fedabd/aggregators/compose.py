@@ -73,6 +73,11 @@ class Composite(Aggregator):
     def global_arch(cls, cfg) -> str:
         return AGGREGATORS.get(cls.parts[-1]).global_arch(cfg)
 
+    @classmethod
+    def resolved(cls, cfg) -> dict:
+        settings = cls.settings_from(cfg)
+        return {part: AGGREGATORS.get(part).resolved(_part_cfg(cfg, part, settings)) for part in cls.parts}
+
     def __init__(self, cfg, info, device="cpu", progress=None) -> None:
         super().__init__(cfg, info, device, progress)
         self.rules = [AGGREGATORS.get(p)(_part_cfg(cfg, p, self.settings), info, device, progress) for p in self.parts]

@@ -12,6 +12,7 @@ memory so that a resumed run continues it too.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -48,6 +49,18 @@ class Distill(Aggregator):
     @classmethod
     def global_arch(cls, cfg) -> str:
         return cfg.student
+
+    @classmethod
+    def resolved(cls, cfg) -> dict:
+        """Its settings, the distiller's preset with the overrides, and every ABD part's settings."""
+        from ..defenses import defense_settings, parse_spec
+        from ..distill import DISTILLERS
+        from ..distill.base import make_config
+        method = DISTILLERS.get(cfg.kd)
+        out = super().resolved(cfg)
+        out["kd"] = dataclasses.asdict(make_config(method.config_cls, method.presets, cfg.kd_preset, cfg.kd_overrides))
+        out.update({p: dataclasses.asdict(defense_settings(p, getattr(cfg, p, None))) for p in parse_spec(cfg.abd)})
+        return out
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

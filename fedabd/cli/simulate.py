@@ -85,7 +85,7 @@ def resumed_config(folder: Path, scenario: Optional[Path], flags: dict):
     if not (folder / "config.json").is_file():
         raise RunFolderError(f"{folder}: no config.json: not a fedabd run folder")
     stored = read_json(folder / "config.json", "run config")
-    cfg = load_scenario(None, {**stored, "out": str(folder)})
+    cfg = load_scenario(None, {**{k: v for k, v in stored.items() if k != "resolved"}, "out": str(folder)})
     given = {k: v for k, v in flags.items() if v is not None}
     if "out" in given and Path(given["out"]).resolve() != folder.resolve():
         raise ConfigError(f"--out {given['out']} and --resume {folder} name different folders")
@@ -143,7 +143,7 @@ def simulate_cmd(
             cfg = load_scenario(resolve_scenario(scenario or "default"), flags)
         variants = compare_variants(cfg, compare) if compare else None
         for v in (variants or {"": cfg}).values():  # every folder checked before the first run starts
-            check_run_folder(v.out, v.to_json(), resume=resume is not None, overwrite=overwrite)
+            check_run_folder(v.out, v.run_record(), resume=resume is not None, overwrite=overwrite)
         if variants is None:
             show_run(cfg, resume=resume is not None, overwrite=overwrite)
             return
