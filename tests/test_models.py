@@ -164,3 +164,24 @@ def test_first_stage_using_names_the_stage_that_runs_a_layer():
     wrn = create_model("wrn16_1", 10, 3, 32)  # stem, 2 blocks per group x 3 groups, head
     assert first_stage_using(wrn, ["block3.layer.0.conv1"]) == 5
     assert first_stage_using(wrn, ["nothing"]) is None and first_stage_using(nn.Linear(2, 2), ["weight"]) is None
+
+
+def test_the_cpu_max_pool_gives_max_pool2d_bitwise_ties_nan_odd_sizes_and_layouts_included():
+    """LeNet's 2x2 pool: maxima of strided views without a gradient, F.max_pool2d with one; both
+    exactly what F.max_pool2d gives, so no result moves by a bit."""
+    import torch.nn.functional as F
+
+    from fedabd.models.pool import max_pool2x2
+    ties = torch.tensor([[[[1., 1., 0., 2.], [1., 0., 2., 2.], [3., 3., 0., 0.], [3., 3., 0., 0.]]]])
+    nan = ties.clone()
+    nan[0, 0, 0, 1] = float("nan")
+    odd = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(0))
+    for x in (ties, nan, odd, odd.contiguous(memory_format=torch.channels_last)):
+        with torch.no_grad():
+            assert torch.equal(max_pool2x2(x).nan_to_num(-7.0), F.max_pool2d(x, 2).nan_to_num(-7.0))
+    assert max_pool2x2(nan)[0, 0, 0, 0].isnan() and max_pool2x2(ties).tolist() == [[[[1., 2.], [3., 0.]]]]
+    x = odd.clone().requires_grad_(True)
+    y = x.detach().clone().requires_grad_(True)
+    max_pool2x2(x).square().sum().backward()
+    F.max_pool2d(y, 2).square().sum().backward()
+    assert torch.equal(x.grad, y.grad)  # with a gradient: max_pool2d's own (first maximum of a window)

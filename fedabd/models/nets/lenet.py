@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import MODELS
+from ..pool import max_pool2x2
 from ..staged import Stage, Staged
 
 
@@ -43,10 +44,10 @@ class LeNet5(Staged):
                 Stage(("pool", "fc1"), self._fc1), Stage(("fc2",), self._fc2), Stage(("fc3",), self.fc3)]
 
     def _block1(self, x: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(F.relu(self.conv1(x)), 2)
+        return max_pool2x2(F.relu(self.conv1(x)))
 
     def _block2(self, h: torch.Tensor) -> torch.Tensor:
-        return F.max_pool2d(F.relu(self.conv2(h)), 2)
+        return max_pool2x2(F.relu(self.conv2(h)))
 
     def _fc1(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[-2:] != (self.feat_size, self.feat_size):
