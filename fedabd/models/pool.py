@@ -1,13 +1,12 @@
 """2x2 max pooling (stride 2) as ``F.max_pool2d(x, 2)`` computes it, faster on the CPU without gradients.
 
-PyTorch's CPU kernel for a 2x2 max pool on NCHW tensors is slow at LeNet's shapes: about half of a
-LeNet-5 forward (1.9 ms of it for a 128 x 6 x 28 x 28 batch on a 2-core EPYC), where the same maxima
-taken as three element-wise ``maximum`` of strided views take 0.23 ms (benchmarks/results/lenet_pool.md).
+PyTorch's CPU kernel for a 2x2 max pool on NCHW tensors is slow at LeNet's shapes: about 40 % of a
+LeNet-5 forward (2.5 ms for a 128 x 6 x 28 x 28 batch on a 2-core EPYC), where the same maxima taken
+as element-wise ``maximum`` of strided views take 0.41 ms (benchmarks/results/lenet_pool.md).
 :func:`max_pool2x2` takes them that way on the CPU when no gradient is needed (a frozen teacher's
 forward, evaluation): the values are bitwise ``F.max_pool2d(x, 2)``'s, NaN included. With a gradient
-it calls ``F.max_pool2d``, whose backward (the whole gradient of a window to its first maximum) a
-hand-written one matched bitwise only without NaN and ran slower (4.1 against 3.2 ms); so does every
-other device.
+it calls ``F.max_pool2d`` (a hand-written backward giving its gradient, the whole of a window's to
+its first maximum, ran slower than max_pool2d's own), and so does every other device.
 """
 from __future__ import annotations
 
