@@ -14,7 +14,6 @@ column is the largest difference of a call's output between the forms (0: bitwis
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import time
 from pathlib import Path
@@ -31,8 +30,6 @@ from fedabd.report import markdown_table
 from machine import machine
 
 TEACHERS = 5
-
-
 FORMS = ["max_pool2d", "max_pool2x2", "max_pool2x2 + channels_last"]
 
 
@@ -65,7 +62,6 @@ def fmt(x: torch.Tensor, layout: str) -> torch.Tensor:
 def make_call(name: str, layout: str):
     """A closure running one call of ``name`` in ``layout``; returns its output."""
     teachers, student = build(layout)
-    student = copy.deepcopy(student)
     opt = torch.optim.SGD(student.parameters(), lr=0.01, momentum=0.9)
     g = torch.Generator().manual_seed(1)
     if name == "2x2 pool alone (128 x 6 x 28 x 28)":

@@ -153,7 +153,7 @@ def test_the_kd_aware_backdoor_survives_the_teachers_mean_logits_where_its_sched
         attacker = model(scenario(threat="kd_aware", attack="badnet_grid", poison_rate=0.3, local_epochs=2,
                                   threat_settings={"weight": weight}), 3, True)
         results[weight] = (evaluate(attacker, test, trigger), evaluate(Ensemble([honest, attacker], [0.7, 0.3]), test, trigger))
-    (alone, mean), (alone0, mean0) = results[1.0], results[0.0]
+    (alone, mean), (_, mean0) = results[1.0], results[0.0]
     assert alone["asr"] > 0.95 and alone["acc"] > 0.7  # the attacker's own model keeps most of its accuracy
     assert mean["asr"] > 0.9 and mean["acc"] > 0.85   # the ensemble: backdoored, still accurate
     assert mean0["asr"] < mean["asr"] - 0.3            # the same schedule without the margin term
