@@ -116,7 +116,8 @@ class ScenarioConfig:
         """:meth:`to_json` plus, under ``resolved``, what the aggregator takes from presets and
         defaults (:meth:`Aggregator.resolved`): what a run folder's config.json and checkpoint hold."""
         from .aggregators import aggregator_class
-        return {**self.to_json(), "resolved": aggregator_class(self.aggregator).resolved(self)}
+        from .runfolder import RESOLVED
+        return {**self.to_json(), RESOLVED: aggregator_class(self.aggregator).resolved(self)}
 
     @property
     def attackers(self) -> int:
@@ -170,7 +171,8 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     from .data import DATASETS
     from .data.partition import PARTITIONERS
     from .defenses import defense_settings, parse_spec
-    from .distill import DISTILLERS, make_config
+    from .distill import DISTILLERS
+    from .distill.base import method_config
     from .models import MODELS
     from .threats import THREATS
 
@@ -247,7 +249,7 @@ def validate(cfg: ScenarioConfig, where: str = "config") -> ScenarioConfig:
     if cfg.threat not in THREATS:
         raise bad("threat", f"unknown threat {cfg.threat!r}; choose one of: {', '.join(THREATS.names())}")
     threat = THREATS.get(cfg.threat)
-    checks = [("kd_overrides", lambda: make_config(method.config_cls, method.presets, cfg.kd_preset, cfg.kd_overrides)),
+    checks = [("kd_overrides", lambda: method_config(cfg.kd, cfg.kd_preset, cfg.kd_overrides)),
               ("threat_settings", lambda: threat.settings_from(cfg)),
               ("threat", lambda: threat.check(cfg)),
               ("aggregator_settings", lambda: aggregator.settings_from(cfg)),

@@ -25,6 +25,7 @@ from pathlib import Path
 from .limits import read_text_limited
 
 LOCK = ".lock"
+RESOLVED = "resolved"  # a run record's key for what the run takes from presets (ScenarioConfig.run_record)
 
 
 class RunFolderError(ValueError):
@@ -35,15 +36,15 @@ def config_differences(a: dict, b: dict, ignore: tuple[str, ...] = ("out",)) -> 
     """The keys whose values differ between two run records (``ignore`` aside), sorted. The
     ``resolved`` settings (:meth:`ScenarioConfig.run_record`) count only when both hold them (folders
     written before they were recorded); a difference in them is named by its path (``kd.g_steps``)."""
-    keys = sorted(k for k in set(a) | set(b) if k not in ignore and k != "resolved" and a.get(k) != b.get(k))
-    if "resolved" in a and "resolved" in b:
-        keys += _leaf_differences(a["resolved"], b["resolved"])
+    keys = sorted(k for k in set(a) | set(b) if k not in ignore and k != RESOLVED and a.get(k) != b.get(k))
+    if RESOLVED in a and RESOLVED in b:
+        keys += _leaf_differences(a[RESOLVED], b[RESOLVED])
     return keys
 
 
 def _leaf_differences(a, b, path: str = "") -> list[str]:
     if not (isinstance(a, dict) and isinstance(b, dict)):
-        return [] if a == b else [path or "resolved"]
+        return [] if a == b else [path or RESOLVED]
     return [d for k in sorted(set(a) | set(b)) for d in _leaf_differences(a.get(k), b.get(k), f"{path}.{k}" if path else k)]
 
 

@@ -54,11 +54,9 @@ class Distill(Aggregator):
     def resolved(cls, cfg) -> dict:
         """Its settings, the distiller's preset with the overrides, and every ABD part's settings."""
         from ..defenses import defense_settings, parse_spec
-        from ..distill import DISTILLERS
-        from ..distill.base import make_config
-        method = DISTILLERS.get(cfg.kd)
+        from ..distill.base import method_config
         out = super().resolved(cfg)
-        out["kd"] = dataclasses.asdict(make_config(method.config_cls, method.presets, cfg.kd_preset, cfg.kd_overrides))
+        out["kd"] = dataclasses.asdict(method_config(cfg.kd, cfg.kd_preset, cfg.kd_overrides))
         out.update({p: dataclasses.asdict(defense_settings(p, getattr(cfg, p, None))) for p in parse_spec(cfg.abd)})
         return out
 

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from ..aggregators import aggregator_class
 from ..config import FIELDS, ConfigError, load_scenario, read_yaml
-from ..runfolder import RunFolderError, check_run_folder, config_differences, read_json
+from ..runfolder import RESOLVED, RunFolderError, check_run_folder, config_differences, read_json
 from ..runs import compare_variants, comparison_table, describe, explain, run_scenario, write_comparison
 from ..supervise import Interrupted, run_supervised
 from .common import ABD_HELP, classify_error, console, parse_settings, pct, progress_bar, styled, user_errors
@@ -85,7 +85,7 @@ def resumed_config(folder: Path, scenario: Optional[Path], flags: dict):
     if not (folder / "config.json").is_file():
         raise RunFolderError(f"{folder}: no config.json: not a fedabd run folder")
     stored = read_json(folder / "config.json", "run config")
-    cfg = load_scenario(None, {**{k: v for k, v in stored.items() if k != "resolved"}, "out": str(folder)})
+    cfg = load_scenario(None, {**{k: v for k, v in stored.items() if k != RESOLVED}, "out": str(folder)})
     given = {k: v for k, v in flags.items() if v is not None}
     if "out" in given and Path(given["out"]).resolve() != folder.resolve():
         raise ConfigError(f"--out {given['out']} and --resume {folder} name different folders")

@@ -358,8 +358,12 @@ class Distiller:
         return DistillResult(self.student, history, self.defense.state(), time.perf_counter() - t0)
 
 
+def method_config(method: str, preset: str = "cpu", overrides: dict | None = None):
+    """Distiller ``method``'s config: its ``preset`` plus ``overrides`` (errors as :func:`make_config`)."""
+    cls = DISTILLERS.get(method)
+    return make_config(cls.config_cls, cls.presets, preset, overrides)
+
+
 def create_distiller(method: str, teacher, student: nn.Module, info: DatasetInfo, preset: str = "cpu",
                      overrides: dict | None = None, **kwargs) -> Distiller:
-    cls = DISTILLERS.get(method)
-    cfg = make_config(cls.config_cls, cls.presets, preset, overrides)
-    return cls(teacher, student, info, cfg, **kwargs)
+    return DISTILLERS.get(method)(teacher, student, info, method_config(method, preset, overrides), **kwargs)
