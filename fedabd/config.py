@@ -105,6 +105,11 @@ class ScenarioConfig:
     # run
     seed: int = 0
     device: str = "auto"
+    # channels_last memory format in the clients' training and the server's distillation: true / false;
+    # null (auto) keeps the format runs had before this setting (the distillation: BatchNorm conv nets;
+    # the clients: the default), so that recorded runs reproduce bitwise. LeNet-5 on the CPU: a KD step
+    # and a client step 1.2x (benchmarks/results/lenet_pool.md); floats differ at 1e-8
+    channels_last: Optional[bool] = None
     out: str = "runs/simulate"
     client_timeout: float = 600.0  # seconds a round waits for the clients' replies
     startup_timeout: float = 300.0  # extra wait in a run's first round: clients start (Ray, torch imports)

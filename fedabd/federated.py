@@ -110,7 +110,8 @@ def local_update(cfg: ScenarioConfig, pid: int, rnd: int, start: StateDict | Non
                          image_size=data.info.image_size)
     if start is not None:
         model.load_state_dict(start)
-    train_cfg = TrainConfig(epochs=cfg.local_epochs, lr=cfg.local_lr, batch_size=cfg.local_batch_size, clip=cfg.local_clip)
+    train_cfg = TrainConfig(epochs=cfg.local_epochs, lr=cfg.local_lr, batch_size=cfg.local_batch_size, clip=cfg.local_clip,
+                            channels_last=bool(cfg.channels_last))
     if threat is not None:
         stats = threat.train(model, data, clean, train_cfg, torch.device(device), seed, start)
     else:

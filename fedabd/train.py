@@ -26,6 +26,7 @@ class TrainConfig:
     augment: bool = True  # random crop (pad H/8) + horizontal flip where the dataset allows it
     bf16: bool = False
     clip: float = 0.0  # > 0: clip each step's gradient to this L2 norm (0 = off)
+    channels_last: bool = False  # the model and its batches in channels_last while training (back to the default after)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -69,6 +70,8 @@ def train_classifier(model: torch.nn.Module, data: ImageSet, cfg: TrainConfig, d
         raise ValueError("cannot train on an empty dataset")
     g = torch.Generator().manual_seed(seed)
     model.to(device).train()
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    model.to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     steps_per_epoch = (len(data) + cfg.batch_size - 1) // cfg.batch_size
     total = cfg.epochs * steps_per_epoch
@@ -80,7 +83,7 @@ def train_classifier(model: torch.nn.Module, data: ImageSet, cfg: TrainConfig, d
             x = to_float(xb)
             if cfg.augment:
                 x = augment_batch(x, data.info.hflip, g)
-            x, y = data.info.normalize(x).to(device), yb.to(device)
+            x, y = data.info.normalize(x).to(device).contiguous(memory_format=fmt), yb.to(device)
             with autocast(device, cfg.bf16):
                 logits = model(x)
                 loss = F.cross_entropy(logits.float(), y)
@@ -101,5 +104,5 @@ def train_classifier(model: torch.nn.Module, data: ImageSet, cfg: TrainConfig, d
                 progress(step, total, {"epoch": epoch + 1, "loss": loss.item()})
         stats = {"epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen}
         log.info("epoch %d: loss %.4f acc %.4f", epoch + 1, stats["train_loss"], stats["train_acc"])
-    model.eval()
+    model.to(memory_format=torch.contiguous_format).eval()  # weights in the default layout (safetensors, uploads)
     return stats

@@ -4,8 +4,9 @@ or Ray), one line per round: Acc / ASR %, the round's seconds and its distillati
     OMP_NUM_THREADS=1 python scripts/demo_variant.py OUT '{"scale": 2, "kd": "fast"}'
 
 The JSON object holds scenario keys over the demo's (``fedabd simulate --malicious 2 --kd cmi
---abd``, without the shipped default scenario's boost unless ``scale`` is given); OUT is the run
-folder. Same seed and thread count, same numbers as the same scenario through ``fedabd simulate``.
+--abd``, without the shipped default scenario's boost and channels_last unless ``"scale": 2`` and
+``"channels_last": true`` are given); OUT is the run folder. Same seed and thread count, same numbers
+as the same scenario through ``fedabd simulate``.
 """
 from __future__ import annotations
 

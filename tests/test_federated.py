@@ -161,3 +161,48 @@ def test_local_training_clips_each_step_to_the_bound():
 
     assert first_step(0.0) > 0.1 * 10.0
     assert first_step(10.0) == pytest.approx(0.1 * 10.0, rel=1e-4)
+
+
+def test_channels_last_trains_in_that_format_and_uploads_the_default_layout(monkeypatch):
+    """The scenario's ``channels_last``: a client's model trains in that memory format, its weights
+    come back in the default layout (what safetensors and the uploads take) and agree with the default
+    format's to float rounding; unset (auto) or false train exactly as before. The server's
+    distillation gets the same switch."""
+    from fedabd.data import ImageSet
+    from fedabd.train import TrainConfig, train_classifier
+
+    data = ImageSet(torch.randint(0, 256, (128, 1, 28, 28), dtype=torch.uint8), torch.arange(128) % 10, INFO)
+
+    def train(**kw):
+        torch.manual_seed(0)
+        model, formats = create_model("lenet5", num_classes=10, in_channels=1, image_size=28), []
+        cfg_ = TrainConfig(epochs=1, batch_size=64, **kw)
+        train_classifier(model, data, cfg_, torch.device("cpu"), seed=0,
+                         after_step=lambda m: formats.append(m.conv2.weight.is_contiguous(memory_format=torch.channels_last)))
+        return model.state_dict(), formats
+
+    plain, plain_formats = train()
+    cl, cl_formats = train(channels_last=True)
+    assert plain_formats == [False, False] and cl_formats == [True, True]
+    assert all(v.is_contiguous() for v in cl.values())
+    assert all(torch.allclose(plain[k], cl[k], atol=1e-6) for k in plain)
+
+    start = _upload(cfg(), 0).state
+    before = fed.local_update(cfg(), 0, 1, start, malicious=False).state
+    off = fed.local_update(cfg(channels_last=False), 0, 1, start, malicious=False).state
+    assert all(torch.equal(before[k], off[k]) for k in before)
+    on = fed.local_update(cfg(channels_last=True), 0, 1, start, malicious=False).state
+    # 40 steps on from a rounding difference: the same training, not the same floats
+    assert all(v.is_contiguous() and torch.allclose(v, before[k], atol=1e-2) for k, v in on.items())
+
+    seen = []
+    import fedabd.distill as distill
+    create = distill.create_distiller
+    monkeypatch.setattr(distill, "create_distiller", lambda *a, **kw: seen.append(kw["channels_last"]) or create(*a, **kw))
+    tiny = {"pseudo_batches": 1, "batch_size": 8, "student_steps_per_pb": 1, "generator_width": 8}
+    student = create_model("lenet5", num_classes=10, in_channels=1, image_size=28).state_dict()
+    for setting in (None, True):
+        create_aggregator(cfg(kd="zskt", kd_overrides=tiny, channels_last=setting), INFO).aggregate(1, [fed.Upload(0, start, 1)], student)
+    assert seen == [False, True]  # auto: LeNet (no BatchNorm) stays in the default format
+    with pytest.raises(ValueError, match="channels_last must be bool"):
+        cfg(channels_last="yes")

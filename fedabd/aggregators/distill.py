@@ -94,7 +94,7 @@ class Distill(Aggregator):
                    [u.trust for u in uploads] if any(u.trust != 1.0 for u in uploads) else None)
         seed = derive_seed(cfg.seed, rnd, 99)
         torch.manual_seed(seed)
-        channels_last, bf16 = speed_switches([*teachers, student], self.device)
+        channels_last, bf16 = speed_switches([*teachers, student], self.device, channels_last=cfg.channels_last)
         distiller = create_distiller(cfg.kd, teachers, student, info, preset=cfg.kd_preset, overrides=cfg.kd_overrides,
                                      device=self.device, seed=seed, teacher_weights=weights, ensemble_rule=cfg.ensemble_rule,
                                      defense=build_defense(cfg.abd, sv=cfg.sv, sr=cfg.sr),
