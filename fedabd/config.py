@@ -108,7 +108,7 @@ class ScenarioConfig:
     # channels_last memory format in the clients' training and the server's distillation: true / false;
     # null (auto) keeps the format runs had before this setting (the distillation: BatchNorm conv nets;
     # the clients: the default), so that recorded runs reproduce bitwise. LeNet-5 on the CPU: its steps
-    # with a backward pass 1.2x (benchmarks/results/lenet_pool.md), the demo 8 % (results/quickstart)
+    # with a backward pass 1.2x (benchmarks/results/lenet_pool.md), the demo 7 % (results/quickstart)
     channels_last: Optional[bool] = None
     out: str = "runs/simulate"
     client_timeout: float = 600.0  # seconds a round waits for the clients' replies
