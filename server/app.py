@@ -45,10 +45,19 @@ def upload_from_message(msg: Message) -> fed.Upload:
                       metrics=dict(metrics))
 
 
+def connected_nodes(grid: Grid, at_least: int) -> list[int]:
+    """The connected node ids, once at least ``at_least`` are (waiting as Flower's ``sample_nodes``)."""
+    while len(nodes := list(grid.get_node_ids())) < at_least:
+        time.sleep(0.2)
+    return nodes
+
+
 def train_messages(grid: Grid, engine: RoundEngine, rnd: int, min_available: int) -> list[Message]:
-    """One train message per sampled node (``fraction`` of the connected ones, at least one),
-    carrying the global model, the round and the global architecture."""
-    num = max(int(len(list(grid.get_node_ids())) * engine.cfg.fraction), 1)
+    """One train message per sampled node (``fraction`` of the nodes connected once ``min_available``
+    are, at least one), carrying the global model, the round and the global architecture. The share
+    is taken after the wait: taken before, a first round that began while the nodes were still
+    connecting sampled from the few already there."""
+    num = max(int(len(connected_nodes(grid, min_available)) * engine.cfg.fraction), 1)
     nodes, _ = sample_nodes(grid, min_available, num)
     config = ConfigRecord({"server-round": rnd, "global-arch": engine.arch})
     record = RecordDict({"arrays": ArrayRecord(engine.state), "config": config})

@@ -101,3 +101,20 @@ def test_the_first_round_of_a_run_also_waits_for_the_clients_start_up(tmp_path):
     grid = LocalGrid(cfg, {})
     run_rounds(grid, cfg)
     assert grid.timeouts == [230.0, 30.0, 30.0]
+
+
+def test_clients_that_connect_while_the_first_round_waits_for_them_are_sampled_too(tmp_path):
+    """The share of clients a round takes (``fraction``) is of the nodes connected once the round has
+    waited for them, not of those connected when it began: a resumed run's first round, started while
+    Ray was still registering the nodes, once sent the model to one client of three (CI, 2026-12-07)."""
+    cfg = scenario(tmp_path, clients=3, malicious=0, rounds=1, aggregator="fedavg")
+    grid = LocalGrid(cfg, {})
+    every, calls = grid.get_node_ids, []
+
+    def connecting():  # one node for the first two questions, then all three
+        calls.append(1)
+        return every()[:1] if len(calls) <= 2 else every()
+
+    grid.get_node_ids = connecting
+    rows = run_rounds(grid, cfg)
+    assert rows[1]["clients"] == [0, 1, 2] and rows[1]["missing"] == []
