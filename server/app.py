@@ -47,7 +47,11 @@ def upload_from_message(msg: Message) -> fed.Upload:
 
 def connected_nodes(grid: Grid, at_least: int) -> list[int]:
     """The connected node ids, once at least ``at_least`` are (waiting as Flower's ``sample_nodes``)."""
+    said = False
     while len(nodes := list(grid.get_node_ids())) < at_least:
+        if not said:
+            log.info("waiting for %d client(s) to connect (%d connected)", at_least, len(nodes))
+            said = True
         time.sleep(0.2)
     return nodes
 
