@@ -1,6 +1,6 @@
 """The Flower ServerApp: Flower messages to and from :class:`fedabd.engine.RoundEngine`.
 
-Each round: sample nodes (Flower's ``sample_nodes``, seeded), send them the global model, parse
+Each round: wait for the clients and sample nodes (seeded, as Flower's ``sample_nodes``), send them the global model, parse
 every reply once into an Upload or a named failure, and hand them to the engine. The loop is
 written out (instead of ``Strategy.start``) so that failed, silent, departed and rejected clients
 are named in every round's metrics, and so that a run resumes after its last checkpoint.
@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
 
 from fedabd import federated as fed
 from fedabd.config import ScenarioConfig, scenario_from_run_config
@@ -61,8 +60,8 @@ def train_messages(grid: Grid, engine: RoundEngine, rnd: int, min_available: int
     are, at least one), carrying the global model, the round and the global architecture. The share
     is taken after the wait: taken before, a first round that began while the nodes were still
     connecting sampled from the few already there."""
-    num = max(int(len(connected_nodes(grid, min_available)) * engine.cfg.fraction), 1)
-    nodes, _ = sample_nodes(grid, min_available, num)
+    connected = connected_nodes(grid, min_available)
+    nodes = random.sample(connected, max(int(len(connected) * engine.cfg.fraction), 1))
     config = ConfigRecord({"server-round": rnd, "global-arch": engine.arch})
     record = RecordDict({"arrays": ArrayRecord(engine.state), "config": config})
     return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n) for n in nodes]
@@ -78,7 +77,7 @@ def run_rounds(grid: Grid, cfg: ScenarioConfig, on_round: RoundCallback | None =
     first = engine.next_round
     for rnd in engine.rounds_left:
         t0 = time.perf_counter()
-        random.seed(fed.derive_seed(cfg.seed, rnd, 5))  # sample_nodes draws with the global `random`
+        random.seed(fed.derive_seed(cfg.seed, rnd, 5))  # train_messages draws with the global `random`, as Flower's sample_nodes
         connected = set(grid.get_node_ids())
         offline = sorted(n for n in node_pid if n not in connected)  # seen in earlier rounds, gone now
         # the first round waits for every client to connect; later ones go on without departed nodes
